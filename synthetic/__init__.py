@@ -1,0 +1,11 @@
+"""Controlled-condition-number tasks with exact meta-gradients (numpy/scipy, float64).
+
+Independent of ``suite``: these are the references the suite's methods are checked against.
+"""
+from .regression import (RegressionTask, agd_meta_gradient, agd_path, exact_meta_gradient,
+                         gd_meta_gradient, gd_path, inner_solution, make_meta_batch, make_task,
+                         relative_error)
+
+__all__ = ["RegressionTask", "make_task", "make_meta_batch", "inner_solution",
+           "exact_meta_gradient", "gd_path", "gd_meta_gradient", "agd_path",
+           "agd_meta_gradient", "relative_error"]

@@ -1,0 +1,14 @@
+import numpy as np
+import pytest
+import torch
+
+import synthetic
+from suite import LinearRegressionTask
+
+
+@pytest.fixture
+def quad():
+    """A small float64 quadratic task (dim 8, kappa 10, lam 1) with its numpy reference."""
+    ref = synthetic.make_task(8, 32, 24, kappa=10.0, lam=1.0, seed=3)
+    theta = np.random.default_rng(7).standard_normal(8)
+    return ref, LinearRegressionTask.from_synthetic(ref), theta, torch.tensor(theta)
