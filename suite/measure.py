@@ -1,0 +1,171 @@
+"""Memory meters and timing for one meta-gradient computation.
+
+``LiveBytes`` is device-independent: a TorchDispatchMode that sees every tensor an operator
+returns, tracks each new storage until a weakref finalizer reports it freed, and keeps the
+peak of the sum (the same integer on every run; equal on CPU and GPU for the same dtype and
+shapes, up to kernels that keep different intermediates). Storages that were packed for
+backward (``saved_tensors_hooks``) are tracked as the autograd graph's bytes. Both count only
+allocations made inside the block: inputs that exist before it are not included.
+
+``CudaMemory`` reads torch.cuda's allocator peak and NVML (nvidia-ml-py) on a CUDA device.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak live tensor bytes (``peak``) and peak bytes saved for backward (``graph_peak``)
+    allocated inside a ``with`` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, int] = {}
+        self.saved: set[int] = set()
+        self.current = self.peak = 0
+        self.graph_current = self.graph_peak = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key)
+        if key in self.saved:
+            self.saved.discard(key)
+            self.graph_current -= self._saved_bytes.pop(key)
+
+    def _pack(self, tensor):
+        key = tensor.untyped_storage()._cdata
+        # Inputs that existed before the block (data, theta) are not in ``live``: not counted.
+        if key in self.live and key not in self.saved:
+            self.saved.add(key)
+            self._saved_bytes[key] = self.live[key]
+            self.graph_current += self.live[key]
+            self.graph_peak = max(self.graph_peak, self.graph_current)
+        return tensor
+
+    def __enter__(self):
+        self._saved_bytes: dict[int, int] = {}
+        self._hooks.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._hooks.__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in inputs or key in self.live:   # a view or an in-place result
+                continue
+            nbytes = storage.nbytes()
+            self.live[key] = nbytes
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+            weakref.finalize(storage, self._free, key)
+        return out
+
+
+class CudaMemory:
+    """Allocator peak above the level at entry (torch.cuda) and NVML's device and process
+    usage at exit, for one CUDA device."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.peak = self.nvml_used = self.nvml_process = None
+        self.note = ""
+
+    def __enter__(self):
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._base = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize(self.device)
+        self.peak = torch.cuda.max_memory_allocated(self.device) - self._base
+        self.nvml_used, self.nvml_process, self.note = nvml_usage(self.device)
+        return False
+
+
+def nvml_usage(device) -> tuple[int | None, int | None, str]:
+    """(device used bytes, this process's bytes, note) from NVML; Nones with the reason."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception as err:  # no driver, no library
+        return None, None, f"NVML unavailable: {err}"
+    try:
+        index = torch.device(device).index or 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        used = int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        mine = [p.usedGpuMemory for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                if p.pid == os.getpid() and p.usedGpuMemory is not None]
+        note = "" if mine else "NVML lists no memory for this process (containerised PID?)"
+        return used, (int(mine[0]) if mine else None), note
+    finally:
+        pynvml.nvmlShutdown()
+
+
+@dataclass
+class MemoryFigures:
+    peak_bytes: int
+    graph_bytes: int
+    cuda_peak_bytes: int | None = None
+    nvml_used_bytes: int | None = None
+    nvml_process_bytes: int | None = None
+    memory_note: str = ""
+
+
+def measure_memory(fn, device="cpu") -> MemoryFigures:
+    """Run ``fn()`` once under the meters (it is slower there: time it separately)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        with CudaMemory(device) as cuda, LiveBytes() as live:
+            fn()
+        return MemoryFigures(live.peak, live.graph_peak, cuda.peak, cuda.nvml_used,
+                             cuda.nvml_process, cuda.note)
+    with LiveBytes() as live:
+        fn()
+    return MemoryFigures(live.peak, live.graph_peak,
+                         memory_note=f"device {device.type}: no CUDA allocator or NVML figures")
+
+
+@dataclass
+class Timing:
+    median_s: float
+    iqr_s: float
+    repeats: int
+    threads: int
+
+
+def time_call(fn, *, repeats: int = 5, threads: int | None = None, warmup: int = 1) -> Timing:
+    """Median and interquartile range of ``repeats`` timed calls of ``fn()``.
+
+    torch.utils.benchmark.Timer pins the thread count for the measurement and synchronises
+    CUDA around each call.
+    """
+    from torch.utils.benchmark import Timer
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    threads = threads or torch.get_num_threads()
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    for _ in range(warmup):
+        timer.timeit(1)
+    times = sorted(timer.timeit(1).times[0] for _ in range(repeats))
+    q1, q3 = (statistics.quantiles(times, n=4, method="inclusive")[i] for i in (0, 2)) \
+        if len(times) > 1 else (times[0], times[0])
+    return Timing(statistics.median(times), q3 - q1, repeats, threads)

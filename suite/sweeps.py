@@ -1,0 +1,273 @@
+"""Sweeps: grids of meta-gradient computations measured for error, time and memory.
+
+    python -m suite.sweeps error --help     method x inner steps x CG steps x kappa (synthetic)
+    python -m suite.sweeps cost --help      method x inner steps (synthetic or the 4-layer CNN)
+    python -m suite.sweeps hvp-cost --help  one Hessian-vector product in units of one gradient
+
+Each point is one row of a tidy CSV (``suite.results``): measured once under the memory
+meters (which also serves as warm-up), then timed ``repeats`` times. A rerun skips finished
+rows; a CUDA out-of-memory is a row with status ``oom`` and the sweep goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import synthetic
+
+from .linalg import CGBreakdown, hvp_at
+from .measure import measure_memory, time_call
+from .methods import meta_gradient_batch
+from .results import PROVENANCE, ResultsStore, provenance
+from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
+from .workloads import cnn_tasks, synthetic_workload
+
+KEY = ["workload", "method", "solver", "inner_steps", "cg_steps", "truncate", "kappa", "lam",
+       "lr", "dim", "n_way", "k_shot", "meta_batch", "device", "dtype", "seed"]
+RESULTS = ["rel_error", "time_s", "time_iqr_s", "peak_bytes", "graph_bytes", "cuda_peak_bytes",
+           "nvml_used_bytes", "nvml_process_bytes"]
+COUNTS = ["n_params", "grad_evals", "hvps", "cg_iterations", "cg_residual", "repeats"]
+COLUMNS = KEY + RESULTS + COUNTS + [c for c in PROVENANCE if c not in KEY] + ["status", "note"]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_WORKLOADS: dict = {}
+
+
+def make_solver(name: str, steps: int, lr: float, kappa: float | None = None):
+    if name == "GD":
+        return GD(steps, lr)
+    if name == "AGD":
+        if kappa is None:
+            raise ValueError("solver 'AGD' needs kappa to set its momentum")
+        return NesterovAGD.for_condition(steps, 1 / lr, kappa)
+    if name == "NewtonCG":
+        return NewtonCG(steps, cg_steps=5)
+    if name == "LBFGS":
+        return ScipyLBFGS(max_iter=max(steps, 1))
+    raise ValueError(f"solver must be one of GD, AGD, NewtonCG, LBFGS, got {name!r}")
+
+
+def workload(cfg: dict):
+    """(tasks, theta, exact meta-gradient or None) for a point, cached across points."""
+    device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
+    if cfg["workload"] == "synthetic":
+        key = ("synthetic", cfg["dim"], cfg["kappa"], cfg["lam"], cfg["meta_batch"], cfg["seed"],
+               dtype, device)
+        if key not in _WORKLOADS:
+            w = synthetic_workload(dim=cfg["dim"], kappa=cfg["kappa"], lam=cfg["lam"],
+                                   n_tasks=cfg["meta_batch"], seed=cfg["seed"], dtype=dtype,
+                                   device=device)
+            _WORKLOADS[key] = (w.tasks, w.theta, w.exact())
+    elif cfg["workload"] == "cnn":
+        key = ("cnn", cfg["n_way"], cfg["k_shot"], cfg["meta_batch"], cfg["seed"], dtype, device)
+        if key not in _WORKLOADS:
+            tasks, theta = cnn_tasks(n_way=cfg["n_way"], k_shot=cfg["k_shot"],
+                                     n_tasks=cfg["meta_batch"], seed=cfg["seed"], dtype=dtype,
+                                     device=device)
+            _WORKLOADS[key] = (tasks, theta, None)
+    else:
+        raise ValueError(f"workload must be 'synthetic' or 'cnn', got {cfg['workload']!r}")
+    return _WORKLOADS[key]
+
+
+def run_point(cfg: dict, *, repeats: int, threads: int) -> dict:
+    """Measure one configuration; returns a full row (status ok, oom, cg_breakdown, error)."""
+    tasks, theta, exact = workload(cfg)
+    row = dict(cfg, n_params=theta.numel(), repeats=repeats,
+               **provenance(device=cfg["device"], dtype=cfg["dtype"], threads=threads,
+                            seed=cfg["seed"]))
+    solver = make_solver(cfg["solver"], cfg["inner_steps"], cfg["lr"], cfg.get("kappa") or None)
+    options = {"imaml": {"cg_steps": cfg["cg_steps"]},
+               "truncated": {"truncate": cfg["truncate"]}}.get(cfg["method"], {})
+    out = {}
+
+    def call():
+        out["result"] = meta_gradient_batch(cfg["method"], tasks, theta, lam=cfg["lam"],
+                                            solver=solver, **options)
+    try:
+        mem = measure_memory(call, cfg["device"])
+        timing = time_call(call, repeats=repeats, threads=threads, warmup=0)
+    except torch.cuda.OutOfMemoryError as err:
+        torch.cuda.empty_cache()
+        return dict(row, status="oom", note=str(err).splitlines()[0])
+    except CGBreakdown as err:
+        return dict(row, status="cg_breakdown", note=str(err))
+    stats = out["result"].stats
+    row.update(time_s=timing.median_s, time_iqr_s=timing.iqr_s, peak_bytes=mem.peak_bytes,
+               graph_bytes=mem.graph_bytes, cuda_peak_bytes=mem.cuda_peak_bytes,
+               nvml_used_bytes=mem.nvml_used_bytes, nvml_process_bytes=mem.nvml_process_bytes,
+               grad_evals=stats.grad_evals, hvps=stats.hvps, cg_iterations=stats.cg_iterations,
+               cg_residual=stats.cg_residual, status="ok", note=mem.memory_note)
+    if exact is not None:
+        row["rel_error"] = synthetic.relative_error(out["result"].grad.cpu().numpy(), exact)
+    return row
+
+
+def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int | None = None,
+              progress: bool = True, desc: str = "sweep") -> ResultsStore:
+    """Run every configuration not already finished in ``out``; write after each row."""
+    threads = threads or torch.get_num_threads()
+    store = ResultsStore(out, KEY, RESULTS)
+    todo = [c for c in configs if not store.done(c)]
+    if progress and len(todo) < len(configs):
+        print(f"{out}: {len(configs) - len(todo)} of {len(configs)} points already done",
+              file=sys.stderr)
+    for cfg in tqdm(todo, desc=desc, disable=not progress, unit="point"):
+        try:
+            row = run_point(cfg, repeats=repeats, threads=threads)
+        except Exception as err:  # recorded and retried on the next run, never a fake number
+            tqdm.write(f"error at {cfg}: {err}", file=sys.stderr)
+            row = dict(cfg, status="error", note=traceback.format_exception_only(err)[-1].strip())
+        store.add({c: row.get(c) for c in COLUMNS})
+    return store
+
+
+def _point(**kw) -> dict:
+    base = dict(workload="synthetic", method="imaml", solver="GD", inner_steps=1, cg_steps=None,
+                truncate=None, kappa=None, lam=1.0, lr=None, dim=None, n_way=None, k_shot=None,
+                meta_batch=1, device="cpu", dtype="float64", seed=0)
+    base.update(kw)
+    return base
+
+
+def method_points(methods, steps_list, cg_list, truncate_list, **common) -> list[dict]:
+    """One point per method and inner steps (and per CG steps for iMAML, per truncation
+    for truncated backprop, capped at the step count)."""
+    points = []
+    for method, steps in itertools.product(methods, steps_list):
+        if method == "imaml":
+            points += [_point(method=method, inner_steps=steps, cg_steps=c, **common)
+                       for c in cg_list]
+        elif method == "truncated":
+            points += [_point(method=method, inner_steps=steps, truncate=k, **common)
+                       for k in sorted({min(k, steps) for k in truncate_list})]
+        else:
+            points.append(_point(method=method, inner_steps=steps, **common))
+    return points
+
+
+def error_points(*, methods, steps_list, cg_list, kappas, truncate_list=(10,), lam=1.0, dim=20,
+                 meta_batch=1, solver="GD", device="cpu", dtype="float64", seed=0) -> list[dict]:
+    points = []
+    for kappa in kappas:
+        points += method_points(methods, steps_list, cg_list, truncate_list, kappa=float(kappa),
+                                lam=lam, lr=1 / (kappa * lam), dim=dim, meta_batch=meta_batch,
+                                solver=solver, device=device, dtype=dtype, seed=seed)
+    return points
+
+
+def cost_points(*, workload, methods, steps_list, cg_list=(5,), truncate_list=(5,), lam=None,
+                lr=None, kappa=100.0, dim=100, n_way=20, k_shot=5, meta_batch=1, device="cpu",
+                dtype=None, seed=0) -> list[dict]:
+    if workload == "cnn":
+        # On random images at the random initialisation, G has negative curvature that
+        # lam = 2 does not cover (CG breaks down); cost does not depend on lam, so 10 is used.
+        common = dict(workload="cnn", lam=lam or 10.0, lr=lr or 0.1, n_way=n_way, k_shot=k_shot,
+                      dtype=dtype or "float32")
+    else:
+        lam = lam or 1.0
+        common = dict(workload="synthetic", lam=lam, lr=lr or 1 / (kappa * lam),
+                      kappa=float(kappa), dim=dim, dtype=dtype or "float64")
+    return method_points(methods, steps_list, cg_list, truncate_list, meta_batch=meta_batch,
+                         device=device, seed=seed, **common)
+
+
+def hvp_cost(task, theta, *, repeats: int = 5, threads: int | None = None) -> dict:
+    """Time of one gradient of L_train, of one HVP on a kept gradient graph (what each CG
+    iteration costs), and of building that graph (a gradient with create_graph)."""
+    v = torch.randn_like(theta)
+
+    def grad():
+        phi = theta.detach().requires_grad_(True)
+        torch.autograd.grad(task.train_loss(phi), phi)
+
+    _, hvp = hvp_at(task.train_loss, theta)
+    g = time_call(grad, repeats=repeats, threads=threads)
+    h = time_call(lambda: hvp(v), repeats=repeats, threads=threads)
+    b = time_call(lambda: hvp_at(task.train_loss, theta), repeats=repeats, threads=threads)
+    return {"grad_s": g.median_s, "hvp_s": h.median_s, "grad_with_graph_s": b.median_s,
+            "hvp_in_grads": h.median_s / g.median_s,
+            "grad_with_graph_in_grads": b.median_s / g.median_s, "threads": g.threads}
+
+
+def _common_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--out", type=Path, default=Path(out), help="CSV to write (resumed if present)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
+                   help="float64 for synthetic tasks, float32 for the CNN by default")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (median, IQR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lam", type=float, default=None, help="regularisation lam of G")
+    p.add_argument("--meta-batch", type=int, default=1, help="tasks per meta-gradient")
+    p.add_argument("--methods", nargs="+", default=["maml", "fomaml", "truncated", "imaml"],
+                   choices=["maml", "fomaml", "truncated", "imaml"])
+    p.add_argument("--steps", type=int, nargs="+", required=True, help="inner GD steps")
+    p.add_argument("--cg-steps", type=int, nargs="+", default=[5], help="CG steps (iMAML)")
+    p.add_argument("--truncate", type=int, nargs="+", default=[5],
+                   help="steps kept by truncated backprop (capped at the inner steps)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _check_device(device: str) -> None:
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: no CUDA device is available on this machine")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m suite.sweeps", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("error", help="meta-gradient error on synthetic tasks")
+    _common_args(e, "results/error_sweep.csv")
+    e.add_argument("--kappas", type=float, nargs="+", default=[10.0, 100.0, 1000.0])
+    e.add_argument("--dim", type=int, default=20)
+    c = sub.add_parser("cost", help="time and memory (synthetic or the 4-layer CNN)")
+    _common_args(c, "results/cost_sweep.csv")
+    c.add_argument("--workload", choices=["cnn", "synthetic"], default="cnn")
+    c.add_argument("--n-way", type=int, default=20)
+    c.add_argument("--k-shot", type=int, default=5)
+    c.add_argument("--kappa", type=float, default=100.0, help="synthetic workload only")
+    c.add_argument("--dim", type=int, default=100, help="synthetic workload only")
+    c.add_argument("--lr", type=float, default=None, help="inner GD step size")
+    h = sub.add_parser("hvp-cost", help="cost of one HVP in gradients on the 4-layer CNN")
+    h.add_argument("--n-way", type=int, default=20)
+    h.add_argument("--k-shot", type=int, default=5)
+    h.add_argument("--device", default="cpu")
+    h.add_argument("--repeats", type=int, default=5)
+    h.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    _check_device(args.device)
+    if args.command == "hvp-cost":
+        tasks, theta = cnn_tasks(n_way=args.n_way, k_shot=args.k_shot, device=args.device)
+        for k, v in hvp_cost(tasks[0], theta, repeats=args.repeats, threads=args.threads).items():
+            print(f"{k:26s} {v:.4g}")
+        return 0
+    if args.command == "error":
+        points = error_points(methods=args.methods, steps_list=args.steps, cg_list=args.cg_steps,
+                              kappas=args.kappas, truncate_list=args.truncate,
+                              lam=args.lam or 1.0, dim=args.dim, meta_batch=args.meta_batch,
+                              device=args.device, dtype=args.dtype or "float64", seed=args.seed)
+    else:
+        points = cost_points(workload=args.workload, methods=args.methods, steps_list=args.steps,
+                             cg_list=args.cg_steps, truncate_list=args.truncate, lam=args.lam,
+                             lr=args.lr, kappa=args.kappa, dim=args.dim, n_way=args.n_way,
+                             k_shot=args.k_shot, meta_batch=args.meta_batch, device=args.device,
+                             dtype=args.dtype, seed=args.seed)
+    store = run_sweep(points, args.out, repeats=args.repeats, threads=args.threads,
+                      progress=not args.quiet, desc=args.command)
+    frame = store.read()
+    shown = [c for c in ["method", "inner_steps", "cg_steps", "truncate", "kappa", "rel_error",
+                         "time_s", "peak_bytes", "graph_bytes", "status"] if c in frame]
+    print(frame[shown].to_string(index=False))
+    return 0 if (frame["status"] != "error").all() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
