@@ -152,8 +152,10 @@ class Timing:
     threads: int
 
 
-def time_call(fn, *, repeats: int = 5, threads: int | None = None, warmup: int = 1) -> Timing:
-    """Median and interquartile range of ``repeats`` timed calls of ``fn()``.
+def time_calls(fns: dict, *, repeats: int = 5, threads: int | None = None,
+               warmup: int = 1) -> dict[str, Timing]:
+    """Median and interquartile range of ``repeats`` timed calls of each ``fns[name]()``,
+    interleaved (A B A B ...) so that drifts of a shared machine hit all of them alike.
 
     torch.utils.benchmark.Timer pins the thread count for the measurement and synchronises
     CUDA around each call.
@@ -162,10 +164,22 @@ def time_call(fn, *, repeats: int = 5, threads: int | None = None, warmup: int =
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     threads = threads or torch.get_num_threads()
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    timers = {name: Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+              for name, fn in fns.items()}
     for _ in range(warmup):
-        timer.timeit(1)
-    times = sorted(timer.timeit(1).times[0] for _ in range(repeats))
-    q1, q3 = (statistics.quantiles(times, n=4, method="inclusive")[i] for i in (0, 2)) \
-        if len(times) > 1 else (times[0], times[0])
-    return Timing(statistics.median(times), q3 - q1, repeats, threads)
+        for timer in timers.values():
+            timer.timeit(1)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(1).times[0])
+    out = {}
+    for name, ts in times.items():
+        q1, _, q3 = statistics.quantiles(ts, n=4, method="inclusive") if len(ts) > 1 else ts * 3
+        out[name] = Timing(statistics.median(ts), q3 - q1, repeats, threads)
+    return out
+
+
+def time_call(fn, *, repeats: int = 5, threads: int | None = None, warmup: int = 1) -> Timing:
+    """``time_calls`` for a single function."""
+    return time_calls({"fn": fn}, repeats=repeats, threads=threads, warmup=warmup)["fn"]

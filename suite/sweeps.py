@@ -23,7 +23,7 @@ from tqdm import tqdm
 import synthetic
 
 from .linalg import CGBreakdown, hvp_at
-from .measure import measure_memory, time_call
+from .measure import measure_memory, time_call, time_calls
 from .methods import meta_gradient_batch
 from .results import PROVENANCE, ResultsStore, provenance
 from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
@@ -188,9 +188,10 @@ def hvp_cost(task, theta, *, repeats: int = 5, threads: int | None = None) -> di
         torch.autograd.grad(task.train_loss(phi), phi)
 
     _, hvp = hvp_at(task.train_loss, theta)
-    g = time_call(grad, repeats=repeats, threads=threads)
-    h = time_call(lambda: hvp(v), repeats=repeats, threads=threads)
-    b = time_call(lambda: hvp_at(task.train_loss, theta), repeats=repeats, threads=threads)
+    t = time_calls({"grad": grad, "hvp": lambda: hvp(v),
+                    "graph": lambda: hvp_at(task.train_loss, theta)},
+                   repeats=repeats, threads=threads, warmup=3)
+    g, h, b = t["grad"], t["hvp"], t["graph"]
     return {"grad_s": g.median_s, "hvp_s": h.median_s, "grad_with_graph_s": b.median_s,
             "hvp_in_grads": h.median_s / g.median_s,
             "grad_with_graph_in_grads": b.median_s / g.median_s, "threads": g.threads}

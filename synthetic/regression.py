@@ -80,8 +80,11 @@ def make_task(dim: int, n_train: int, n_test: int, kappa: float, lam: float, *,
     """A task whose inner objective G has condition number exactly ``kappa``.
 
     ``h_min`` is the smallest eigenvalue of the training Hessian; with ``lam = 0``
-    (classic MAML) it must be positive. ``n_train >= dim`` so that any spectrum is
-    reachable. The task's true weights are drawn from N(0, I/dim).
+    (classic MAML) it must be positive. With ``n_train >= dim`` the eigenvalues of H + lam I
+    are geometric from mu = h_min + lam to kappa * mu. With ``n_train < dim`` (few-shot) H has
+    rank ``n_train``: dim - n_train eigenvalues of H + lam I equal lam (so h_min must be 0)
+    and the other n_train are geometric above it, up to kappa * lam. The task's true
+    weights are drawn from N(0, I/dim).
     """
     dim = _check_positive_int("dim", dim)
     n_train = _check_positive_int("n_train", n_train)
@@ -90,24 +93,31 @@ def make_task(dim: int, n_train: int, n_test: int, kappa: float, lam: float, *,
     lam = _check_real("lam", lam, 0.0)
     noise = _check_real("noise", noise, 0.0)
     h_min = _check_real("h_min", h_min, 0.0)
-    if n_train < dim:
-        raise ValueError(f"n_train must be >= dim ({dim}) to control the spectrum, got {n_train}")
     if h_min + lam <= 0:
         raise ValueError("h_min must be > 0 when lam = 0 (G would not be strongly convex)")
+    if n_train < dim and h_min != 0:
+        raise ValueError(f"h_min must be 0 when n_train < dim (H has rank n_train={n_train}), "
+                         f"got {h_min}")
     if dim == 1 and kappa != 1.0:
         raise ValueError(f"kappa must be 1 when dim = 1, got {kappa}")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
     mu = h_min + lam
-    # Eigenvalues of G's Hessian, geometric from mu to kappa * mu, both ends exact.
-    g_eig = mu * kappa ** np.linspace(0.0, 1.0, dim)
-    g_eig[0], g_eig[-1] = mu, mu * kappa
+    rank = min(n_train, dim)
+    # Eigenvalues of G's Hessian, geometric up to kappa * mu, both ends exact.
+    if rank == dim:
+        g_eig = mu * kappa ** np.linspace(0.0, 1.0, dim)
+        g_eig[0] = mu
+    else:
+        g_eig = np.concatenate([np.full(dim - rank, mu),
+                                mu * kappa ** np.linspace(0.0, 1.0, rank + 1)[1:]])
+    g_eig[-1] = mu * kappa
     h_eig = np.maximum(g_eig - lam, 0.0)
     h_eig[0] = h_min
 
-    U, _ = np.linalg.qr(rng.standard_normal((n_train, dim)))
+    U, _ = np.linalg.qr(rng.standard_normal((n_train, rank)))
     V, _ = np.linalg.qr(rng.standard_normal((dim, dim)))
-    X_train = math.sqrt(n_train) * (U * np.sqrt(h_eig)) @ V.T
+    X_train = math.sqrt(n_train) * (U * np.sqrt(h_eig[dim - rank:])) @ V[:, dim - rank:].T
     w_true = rng.standard_normal(dim) / math.sqrt(dim)
     y_train = X_train @ w_true + noise * rng.standard_normal(n_train)
     X_test = rng.standard_normal((n_test, dim))

@@ -19,6 +19,16 @@ def test_realized_kappa_matches_request(kappa, lam, h_min):
     assert eig[0] == pytest.approx(h_min, abs=1e-9 * (1 + kappa))
 
 
+@pytest.mark.parametrize("kappa", [10.0, 1e4])
+def test_few_shot_spectrum(kappa):
+    # n_train < dim: rank-n_train Hessian, so H + lam I has n_train + 1 distinct eigenvalues.
+    task = synthetic.make_task(20, 4, 10, kappa, 0.5, seed=1)
+    eig = scipy.linalg.eigvalsh(task.train_hessian()) + 0.5
+    assert task.realized_kappa() == pytest.approx(kappa, rel=1e-8)
+    np.testing.assert_allclose(eig[:16], 0.5, rtol=1e-10)
+    assert len(np.unique(np.round(eig / eig[0], 6))) == 5
+
+
 def test_meta_batch_is_reproducible_and_independent():
     a = synthetic.make_meta_batch(3, 5, 10, 4, 10.0, 1.0, seed=11)
     b = synthetic.make_meta_batch(3, 5, 10, 4, 10.0, 1.0, seed=11)
@@ -81,7 +91,7 @@ def test_gd_meta_gradient_approaches_exact_as_steps_grow():
 
 @pytest.mark.parametrize("kwargs,name", [
     (dict(kappa=0.5), "kappa"), (dict(lam=-1.0), "lam"), (dict(dim=0), "dim"),
-    (dict(n_train=3), "n_train"), (dict(noise=float("nan")), "noise"),
+    (dict(n_train=3, h_min=0.1), "h_min"), (dict(noise=float("nan")), "noise"),
     (dict(lam=0.0, h_min=0.0), "h_min"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, name):
