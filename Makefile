@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test figures clean
+.PHONY: venv test figures regress bench clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,13 @@ test: venv
 
 figures: venv
 	$(PY) suite/figures.py $(ARGS)
+
+# Compare accuracy, memory and time-ratio metrics with results/baselines/ (UPDATE=1 replaces them).
+regress: venv
+	$(PY) -m suite.regress $(if $(UPDATE),--update,)
+
+bench: venv
+	$(PY) -m pytest --benchmark-only $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -18,7 +18,18 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+
+def _tensors(obj):
+    """The tensors in an operator's arguments or results (nested tuples, lists, dicts)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -62,11 +73,13 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage()._cdata for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+        inputs = None
+        for t in _tensors(out):
+            if t.device.type == "meta":
                 continue
+            if inputs is None:
+                inputs = {i.untyped_storage()._cdata for i in _tensors((args, kwargs))
+                          if i.device.type != "meta"}
             storage = t.untyped_storage()
             key = storage._cdata
             if key in inputs or key in self.live:   # a view or an in-place result

@@ -30,7 +30,7 @@ from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
 from .workloads import cnn_tasks, synthetic_workload
 
 KEY = ["workload", "method", "solver", "inner_steps", "cg_steps", "truncate", "kappa", "lam",
-       "lr", "dim", "n_way", "k_shot", "meta_batch", "device", "dtype", "seed"]
+       "lr", "dim", "n_train", "n_way", "k_shot", "meta_batch", "device", "dtype", "seed"]
 RESULTS = ["rel_error", "time_s", "time_iqr_s", "peak_bytes", "graph_bytes", "cuda_peak_bytes",
            "nvml_used_bytes", "nvml_process_bytes"]
 COUNTS = ["n_params", "grad_evals", "hvps", "cg_iterations", "cg_residual", "repeats"]
@@ -57,10 +57,11 @@ def workload(cfg: dict):
     """(tasks, theta, exact meta-gradient or None) for a point, cached across points."""
     device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
     if cfg["workload"] == "synthetic":
-        key = ("synthetic", cfg["dim"], cfg["kappa"], cfg["lam"], cfg["meta_batch"], cfg["seed"],
-               dtype, device)
+        key = ("synthetic", cfg["dim"], cfg.get("n_train"), cfg["kappa"], cfg["lam"],
+               cfg["meta_batch"], cfg["seed"], dtype, device)
         if key not in _WORKLOADS:
-            w = synthetic_workload(dim=cfg["dim"], kappa=cfg["kappa"], lam=cfg["lam"],
+            w = synthetic_workload(dim=cfg["dim"], n_train=cfg.get("n_train"), kappa=cfg["kappa"],
+                                   lam=cfg["lam"],
                                    n_tasks=cfg["meta_batch"], seed=cfg["seed"], dtype=dtype,
                                    device=device)
             _WORKLOADS[key] = (w.tasks, w.theta, w.exact())
@@ -76,8 +77,12 @@ def workload(cfg: dict):
     return _WORKLOADS[key]
 
 
-def run_point(cfg: dict, *, repeats: int, threads: int) -> dict:
-    """Measure one configuration; returns a full row (status ok, oom, cg_breakdown, error)."""
+def run_point(cfg: dict, *, repeats: int, threads: int, memory: bool = True) -> dict:
+    """Measure one configuration; returns a full row (status ok, oom, cg_breakdown).
+
+    ``memory=False`` skips the meters and ``repeats=0`` the timing (their columns stay
+    empty: not measured); the meta-gradient is then computed once, for its error.
+    """
     tasks, theta, exact = workload(cfg)
     row = dict(cfg, n_params=theta.numel(), repeats=repeats,
                **provenance(device=cfg["device"], dtype=cfg["dtype"], threads=threads,
@@ -91,26 +96,32 @@ def run_point(cfg: dict, *, repeats: int, threads: int) -> dict:
         out["result"] = meta_gradient_batch(cfg["method"], tasks, theta, lam=cfg["lam"],
                                             solver=solver, **options)
     try:
-        mem = measure_memory(call, cfg["device"])
-        timing = time_call(call, repeats=repeats, threads=threads, warmup=0)
+        if memory:
+            mem = measure_memory(call, cfg["device"])
+            row.update(peak_bytes=mem.peak_bytes, graph_bytes=mem.graph_bytes,
+                       cuda_peak_bytes=mem.cuda_peak_bytes, nvml_used_bytes=mem.nvml_used_bytes,
+                       nvml_process_bytes=mem.nvml_process_bytes, note=mem.memory_note)
+        else:
+            call()
+            row["note"] = "memory not measured"
+        if repeats:
+            timing = time_call(call, repeats=repeats, threads=threads, warmup=0)
+            row.update(time_s=timing.median_s, time_iqr_s=timing.iqr_s)
     except torch.cuda.OutOfMemoryError as err:
         torch.cuda.empty_cache()
         return dict(row, status="oom", note=str(err).splitlines()[0])
     except CGBreakdown as err:
         return dict(row, status="cg_breakdown", note=str(err))
     stats = out["result"].stats
-    row.update(time_s=timing.median_s, time_iqr_s=timing.iqr_s, peak_bytes=mem.peak_bytes,
-               graph_bytes=mem.graph_bytes, cuda_peak_bytes=mem.cuda_peak_bytes,
-               nvml_used_bytes=mem.nvml_used_bytes, nvml_process_bytes=mem.nvml_process_bytes,
-               grad_evals=stats.grad_evals, hvps=stats.hvps, cg_iterations=stats.cg_iterations,
-               cg_residual=stats.cg_residual, status="ok", note=mem.memory_note)
+    row.update(grad_evals=stats.grad_evals, hvps=stats.hvps, cg_iterations=stats.cg_iterations,
+               cg_residual=stats.cg_residual, status="ok")
     if exact is not None:
         row["rel_error"] = synthetic.relative_error(out["result"].grad.cpu().numpy(), exact)
     return row
 
 
 def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int | None = None,
-              progress: bool = True, desc: str = "sweep") -> ResultsStore:
+              memory: bool = True, progress: bool = True, desc: str = "sweep") -> ResultsStore:
     """Run every configuration not already finished in ``out``; write after each row."""
     threads = threads or torch.get_num_threads()
     store = ResultsStore(out, KEY, RESULTS)
@@ -120,7 +131,7 @@ def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int 
               file=sys.stderr)
     for cfg in tqdm(todo, desc=desc, disable=not progress, unit="point"):
         try:
-            row = run_point(cfg, repeats=repeats, threads=threads)
+            row = run_point(cfg, repeats=repeats, threads=threads, memory=memory)
         except Exception as err:  # recorded and retried on the next run, never a fake number
             tqdm.write(f"error at {cfg}: {err}", file=sys.stderr)
             row = dict(cfg, status="error", note=traceback.format_exception_only(err)[-1].strip())
@@ -129,9 +140,9 @@ def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int 
 
 
 def _point(**kw) -> dict:
-    base = dict(workload="synthetic", method="imaml", solver="GD", inner_steps=1, cg_steps=None,
-                truncate=None, kappa=None, lam=1.0, lr=None, dim=None, n_way=None, k_shot=None,
-                meta_batch=1, device="cpu", dtype="float64", seed=0)
+    base = dict.fromkeys(KEY)
+    base.update(workload="synthetic", solver="GD", lam=1.0, meta_batch=1, device="cpu",
+                dtype="float64", seed=0)
     base.update(kw)
     return base
 
@@ -153,11 +164,15 @@ def method_points(methods, steps_list, cg_list, truncate_list, **common) -> list
 
 
 def error_points(*, methods, steps_list, cg_list, kappas, truncate_list=(10,), lam=1.0, dim=20,
-                 meta_batch=1, solver="GD", device="cpu", dtype="float64", seed=0) -> list[dict]:
+                 n_train=None, meta_batch=1, solver="GD", device="cpu", dtype="float64",
+                 seed=0) -> list[dict]:
+    """Synthetic points with lr = 1/L (L = kappa * lam, the largest curvature of G);
+    ``n_train`` defaults to 2 * dim (full-rank H), fewer is the few-shot regime."""
     points = []
     for kappa in kappas:
         points += method_points(methods, steps_list, cg_list, truncate_list, kappa=float(kappa),
-                                lam=lam, lr=1 / (kappa * lam), dim=dim, meta_batch=meta_batch,
+                                lam=lam, lr=1 / (kappa * lam), dim=dim, n_train=n_train or 2 * dim,
+                                meta_batch=meta_batch,
                                 solver=solver, device=device, dtype=dtype, seed=seed)
     return points
 
@@ -173,7 +188,7 @@ def cost_points(*, workload, methods, steps_list, cg_list=(5,), truncate_list=(5
     else:
         lam = lam or 1.0
         common = dict(workload="synthetic", lam=lam, lr=lr or 1 / (kappa * lam),
-                      kappa=float(kappa), dim=dim, dtype=dtype or "float64")
+                      kappa=float(kappa), dim=dim, n_train=2 * dim, dtype=dtype or "float64")
     return method_points(methods, steps_list, cg_list, truncate_list, meta_batch=meta_batch,
                          device=device, seed=seed, **common)
 
@@ -229,6 +244,8 @@ def main(argv=None) -> int:
     _common_args(e, "results/error_sweep.csv")
     e.add_argument("--kappas", type=float, nargs="+", default=[10.0, 100.0, 1000.0])
     e.add_argument("--dim", type=int, default=20)
+    e.add_argument("--n-train", type=int, default=None,
+                   help="training points per task (default 2 x dim; < dim: few-shot)")
     c = sub.add_parser("cost", help="time and memory (synthetic or the 4-layer CNN)")
     _common_args(c, "results/cost_sweep.csv")
     c.add_argument("--workload", choices=["cnn", "synthetic"], default="cnn")
@@ -253,7 +270,8 @@ def main(argv=None) -> int:
     if args.command == "error":
         points = error_points(methods=args.methods, steps_list=args.steps, cg_list=args.cg_steps,
                               kappas=args.kappas, truncate_list=args.truncate,
-                              lam=args.lam or 1.0, dim=args.dim, meta_batch=args.meta_batch,
+                              lam=args.lam or 1.0, dim=args.dim, n_train=args.n_train,
+                              meta_batch=args.meta_batch,
                               device=args.device, dtype=args.dtype or "float64", seed=args.seed)
     else:
         points = cost_points(workload=args.workload, methods=args.methods, steps_list=args.steps,

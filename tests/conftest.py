@@ -6,6 +6,15 @@ import synthetic
 from suite import LinearRegressionTask
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Plain ``pytest`` runs each benchmark once as a check; ``--benchmark-only`` (or
+    ``--benchmark-enable``) times them."""
+    if hasattr(config.option, "benchmark_disable"):
+        if not (config.option.benchmark_only or config.option.benchmark_enable):
+            config.option.benchmark_disable = True
+
+
 @pytest.fixture
 def quad():
     """A small float64 quadratic task (dim 8, kappa 10, lam 1) with its numpy reference."""

@@ -1,0 +1,253 @@
+"""Regenerate the paper's Figure 2 (a, b) and Table 1 into results/ and reports/.
+
+    python suite/figures.py                  # CPU, default scale (a few minutes on 2 cores)
+    python suite/figures.py --full           # the paper's scale (kappa up to 1e4, more steps)
+    python suite/figures.py --from-results   # re-plot from the CSVs, no computation
+
+Raw rows go to results/figure2a.csv, results/figure2b.csv and results/table1.csv; figures
+and the table to reports/. An interrupted run resumes from results/.<name>.partial.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from suite import claims, table1  # noqa: E402
+from suite.results import ResultsStore  # noqa: E402
+from suite.sweeps import cost_points, error_points, hvp_cost, run_sweep  # noqa: E402
+from suite.workloads import synthetic_workload  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCALES = {
+    "default": dict(
+        fig2a=dict(kappa=1e3, steps=[10, 30, 100, 300, 1000, 3000, 10000],
+                   cg=[2, 5, 20, 50], truncate=[10], panels=[(50, 4), (20, 40)]),
+        fig2b=dict(steps=[1, 2, 4, 8, 16], repeats=3),
+        table1=dict(kappas=[10.0, 100.0, 1000.0], deltas=[1e-2, 1e-3, 1e-4], dim=20,
+                    cap=200_000)),
+    "full": dict(
+        fig2a=dict(kappa=1e4, steps=[10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000,
+                                     300000],
+                   cg=[2, 5, 20, 100], truncate=[10, 100], panels=[(100, 4), (50, 100)]),
+        fig2b=dict(steps=[1, 2, 4, 8, 16, 25], repeats=5),
+        table1=dict(kappas=[10.0, 100.0, 1000.0, 10000.0],
+                    deltas=[1e-2, 1e-4, 1e-6, 1e-8], dim=20, cap=2_000_000)),
+}
+LAM = 1.0
+OUTPUTS = {"fig2a": "figure2a", "fig2b": "figure2b", "table1": "table1"}
+STYLE = {"maml": ("MAML (GD + backprop)", "C3", "o"), "fomaml": ("FOMAML", "C7", "s"),
+         "truncated": ("truncated backprop", "C1", "v"), "imaml": ("iMAML", "C0", "D")}
+LINESTYLE = {"fomaml": "--", "truncated": ":"}
+
+
+def finish(partial: Path, final: Path) -> None:
+    """The run completed: its rows replace the previous results."""
+    os.replace(partial, final)
+
+
+def sweep_to(name: str, points, *, quiet: bool, **kw) -> pd.DataFrame:
+    partial = ROOT / "results" / f".{name}.partial.csv"
+    final = ROOT / "results" / f"{name}.csv"
+    store = run_sweep(points, partial, progress=not quiet, desc=name, **kw)
+    frame = store.read()
+    if (frame["status"] == "error").any():
+        raise SystemExit(f"{name}: some points failed (see {partial}); rerun to retry them")
+    finish(partial, final)
+    return frame
+
+
+def config_text(frame: pd.DataFrame, *keys) -> str:
+    parts = []
+    for k in keys:
+        values = frame[k].dropna().unique()
+        if len(values) == 1:
+            v = values[0]
+            parts.append(f"{k}={v:g}" if isinstance(v, (float, np.floating)) else f"{k}={v}")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- Figure 2a
+def run_fig2a(cfg, device, quiet) -> pd.DataFrame:
+    points = []
+    for dim, n_train in cfg["panels"]:
+        points += error_points(methods=["maml", "fomaml", "truncated", "imaml"],
+                               steps_list=cfg["steps"], cg_list=cfg["cg"], kappas=[cfg["kappa"]],
+                               truncate_list=cfg["truncate"], lam=LAM, dim=dim, n_train=n_train,
+                               device=device)
+    # Errors only: one computation per point, no timing or memory meters.
+    return sweep_to("figure2a", points, quiet=quiet, repeats=0, memory=False)
+
+
+def plot_fig2a(frame: pd.DataFrame) -> Path:
+    panels = sorted({(int(d), int(n)) for d, n in zip(frame.dim, frame.n_train)},
+                    key=lambda p: p[1] / p[0])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), squeeze=False)
+    for ax, (dim, n_train) in zip(axes[0], panels):
+        regime = "few-shot, rank-deficient H" if n_train < dim else "full-rank H"
+        title = f"dim {dim}, {n_train} training points ({regime})"
+        sub = frame[(frame.dim == dim) & (frame.n_train == n_train) & (frame.status == "ok")]
+        for (method, cg, trunc), g in sub.groupby(["method", "cg_steps", "truncate"],
+                                                  dropna=False):
+            label, color, marker = STYLE[method]
+            if method == "imaml":
+                label = f"iMAML, {int(cg)} CG steps"
+                color = {2: "C9", 5: "C0", 20: "C2", 100: "C4"}.get(int(cg), "C5")
+            if method == "truncated":
+                label = f"truncated backprop, last {int(trunc)} steps"
+            g = g.sort_values("inner_steps")
+            ax.loglog(g.inner_steps, g.rel_error.clip(lower=1e-17), marker=marker, color=color,
+                      label=label, ms=4, lw=1.4, ls=LINESTYLE.get(method, "-"))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("inner GD steps K (lr = 1/L)")
+        ax.set_ylabel("relative error of the meta-gradient")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    info = config_text(frame, "kappa", "lam", "dtype", "device")
+    fig.suptitle("Figure 2a: meta-gradient error vs d/dtheta L_test(Alg*(theta)), "
+                 f"synthetic linear regression ({info})", fontsize=10)
+    fig.tight_layout()
+    return save(fig, "figure2a")
+
+
+# --------------------------------------------------------------------------- Figure 2b
+def run_fig2b(cfg, device, quiet) -> pd.DataFrame:
+    points = cost_points(workload="cnn", methods=["maml", "fomaml", "truncated", "imaml"],
+                         steps_list=cfg["steps"], cg_list=[5], truncate_list=[5], device=device)
+    return sweep_to("figure2b", points, quiet=quiet, repeats=cfg["repeats"])
+
+
+def plot_fig2b(frame: pd.DataFrame) -> Path:
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.6))
+    ok = frame[frame.status == "ok"]
+    for method, g in ok.groupby("method"):
+        label, color, marker = STYLE[method]
+        if method == "imaml":
+            label = f"iMAML ({int(g.cg_steps.iloc[0])} CG steps)"
+        if method == "truncated":
+            label = f"truncated backprop (last {int(g['truncate'].max())} steps)"
+        g = g.sort_values("inner_steps")
+        ls = LINESTYLE.get(method, "-")
+        ax_t.errorbar(g.inner_steps, g.time_s, yerr=g.time_iqr_s / 2, marker=marker, color=color,
+                      label=label, ms=4, capsize=2, ls=ls)
+        ax_m.plot(g.inner_steps, g.peak_bytes / 2**20, marker=marker, color=color, label=label,
+                  ms=4, ls=ls)
+    oom = frame[frame.status == "oom"]
+    for _, r in oom.iterrows():
+        ax_m.annotate("OOM", (r.inner_steps, ax_m.get_ylim()[1]), color="C3", fontsize=8)
+    ax_t.set_ylabel("wall time per meta-gradient [s] (median, IQR bars)")
+    ax_m.set_ylabel("peak live tensor memory [MiB]")
+    for ax in (ax_t, ax_m):
+        ax.set_xlabel("inner GD steps")
+        ax.grid(True, alpha=0.3)
+    ax_t.legend(fontsize=8)
+    info = config_text(frame, "n_way", "k_shot", "lam", "lr", "dtype", "device_name", "threads")
+    fig.suptitle(f"Figure 2b: compute and memory, 4-layer CNN, one task ({info}, "
+                 "random 28x28 images)", fontsize=10)
+    fig.tight_layout()
+    return save(fig, "figure2b")
+
+
+# --------------------------------------------------------------------------- Table 1
+def run_table1(cfg, device, quiet, threads) -> pd.DataFrame:
+    partial = ROOT / "results" / ".table1.partial.csv"
+    store = ResultsStore(partial, ["row", "kappa", "delta"], ["compute_grads", "error"])
+    cells = [(row, kappa, delta) for kappa in cfg["kappas"] for row in table1.ROWS
+             for delta in cfg["deltas"]]
+    bar = tqdm(total=len(cells), desc="table1", disable=quiet, unit="cell")
+    for kappa in cfg["kappas"]:
+        w = synthetic_workload(dim=cfg["dim"], kappa=kappa, lam=LAM, device=device)
+        ev = table1.Evaluator(w)
+        hvp = hvp_cost(w.tasks[0], w.theta, repeats=15, threads=threads)["hvp_in_grads"]
+        for row in table1.ROWS:
+            previous = None
+            for delta in cfg["deltas"]:
+                key = dict(row=row, kappa=kappa, delta=delta)
+                if not store.done(key):
+                    cell = table1.measure_cell(ev, row, kappa, delta, hvp, cap=cfg["cap"],
+                                               previous=previous, seed=0, threads=threads)
+                    store.add(cell)
+                    if cell["status"] == "ok":
+                        previous = {"steps": cell["inner_steps"],
+                                    "extra": cell.get("truncate") or cell.get("cg_steps") or 1}
+                bar.update()
+    bar.close()
+    finish(partial, ROOT / "results" / "table1.csv")
+    return pd.read_csv(ROOT / "results" / "table1.csv")
+
+
+def save(fig, name: str) -> Path:
+    out = ROOT / "reports" / f"{name}.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=130)
+    fig.savefig(out.with_suffix(".pdf"))
+    plt.close(fig)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python suite/figures.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true",
+                        help="the paper's scale: kappa up to 1e4, more steps (hours on a CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--from-results", action="store_true",
+                        help="re-plot from results/*.csv without computing")
+    parser.add_argument("--only", nargs="+", choices=["fig2a", "fig2b", "table1"],
+                        default=["fig2a", "fig2b", "table1"], help="which outputs to make")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is available on this machine")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    cfg = SCALES["full" if args.full else "default"]
+    start, summary = time.perf_counter(), []
+    for what in args.only:
+        csv = ROOT / "results" / f"{OUTPUTS[what]}.csv"
+        if args.from_results:
+            if not csv.exists():
+                raise SystemExit(f"--from-results: {csv} does not exist; run without it first")
+            frame = pd.read_csv(csv)
+        elif what == "fig2a":
+            frame = run_fig2a(cfg["fig2a"], args.device, args.quiet)
+        elif what == "fig2b":
+            frame = run_fig2b(cfg["fig2b"], args.device, args.quiet)
+        else:
+            frame = run_table1(cfg["table1"], args.device, args.quiet, threads)
+        if what == "fig2a":
+            out = plot_fig2a(frame)
+            summary += [f"Figure 2a -> {out.relative_to(ROOT)}"] + claims.figure2a(frame)
+        elif what == "fig2b":
+            out = plot_fig2b(frame)
+            summary += [f"Figure 2b -> {out.relative_to(ROOT)}"] + claims.figure2b(frame)
+        else:
+            md = claims.table1_markdown(frame)
+            out = ROOT / "reports" / "table1.md"
+            out.parent.mkdir(exist_ok=True)
+            out.write_text(md)
+            summary += [f"Table 1 -> {out.relative_to(ROOT)}"] + claims.table1_verdicts(frame)
+    print("\n".join(summary))
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Regression gate: recompute a fixed set of metrics and compare them with the committed
+baselines in results/baselines/ (JSON with provenance).
+
+    python -m suite.regress            # compare; exit 1 on any regression
+    python -m suite.regress --update   # replace the baselines with this run's figures
+
+Kinds of metric and their rule (``now`` fails when it is worse than the baseline by more):
+- ``error``: relative meta-gradient error, float64 and deterministic; it may not exceed the
+  baseline by more than 1% relative plus 1e-12 absolute (BLAS builds may reorder sums:
+  ~1e-15 relative on the gradient, far inside the margin, while a lost term or an
+  off-by-one step moves the error by orders of magnitude).
+- ``bytes``: peak live bytes or graph bytes from the deterministic meter; may not exceed
+  the baseline by more than 1%.
+- ``ratio``: a time ratio measured in this run (e.g. iMAML / FOMAML); must stay within
+  [baseline / 1.5, baseline x 1.5]: shared machines shift absolute times by 5-50%, ratios
+  much less, and a real regression (an extra HVP per step, a graph kept by mistake)
+  moves them by more. Absolute times are never gated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import synthetic
+
+from .measure import measure_memory, time_calls
+from .methods import meta_gradient
+from .results import provenance
+from .solvers import GD
+from .workloads import cnn_tasks, synthetic_workload
+
+BASELINE = Path(__file__).resolve().parents[1] / "results" / "baselines" / "regress.json"
+ERROR_REL, ERROR_ABS, BYTES_REL, RATIO_BAND = 0.01, 1e-12, 0.01, 1.5
+
+
+@dataclass
+class Verdict:
+    metric: str
+    kind: str
+    baseline: float | None
+    now: float
+    ok: bool
+    rule: str
+
+
+def compare(baseline: dict, now: dict) -> list[Verdict]:
+    """One verdict per metric of ``now``; a metric missing from the baseline fails."""
+    verdicts = []
+    for name, m in now.items():
+        kind, value = m["kind"], m["value"]
+        base = baseline.get(name, {}).get("value")
+        if base is None:
+            verdicts.append(Verdict(name, kind, None, value, False, "no baseline (run --update)"))
+            continue
+        if kind == "error":
+            limit = base * (1 + ERROR_REL) + ERROR_ABS
+            ok, rule = value <= limit, f"<= {limit:.3g}"
+        elif kind == "bytes":
+            limit = base * (1 + BYTES_REL)
+            ok, rule = value <= limit, f"<= {limit:.0f}"
+        elif kind == "ratio":
+            lo, hi = base / RATIO_BAND, base * RATIO_BAND
+            ok, rule = lo <= value <= hi, f"in [{lo:.2f}, {hi:.2f}]"
+        else:
+            raise ValueError(f"unknown metric kind {kind!r} for {name}")
+        verdicts.append(Verdict(name, kind, base, value, bool(ok and value == value), rule))
+    return verdicts
+
+
+def measure() -> dict:
+    """The gated metrics (about half a minute on 2 CPU cores)."""
+    metrics: dict = {}
+
+    def put(name, kind, value):
+        metrics[name] = {"kind": kind, "value": float(value)}
+
+    w = synthetic_workload(dim=20, kappa=100.0, lam=1.0, seed=0)
+    task, theta, exact = w.tasks[0], w.theta, w.exact()
+    gd = GD(300, 1 / w.smoothness)
+    runs = {"maml": {}, "fomaml": {}, "truncated": {"truncate": 50}, "imaml": {"cg_steps": 5},
+            "imaml_cg20": {"cg_steps": 20}}
+    for name, options in runs.items():
+        method = name.split("_")[0]
+        fn = lambda: meta_gradient(method, task, theta, lam=1.0, solver=gd, **options)  # noqa: E731
+        put(f"synthetic/{name}/rel_error", "error",
+            synthetic.relative_error(fn().grad.numpy(), exact))
+        mem = measure_memory(fn)
+        put(f"synthetic/{name}/peak_bytes", "bytes", mem.peak_bytes)
+        put(f"synthetic/{name}/graph_bytes", "bytes", mem.graph_bytes)
+
+    torch.manual_seed(0)
+    tasks, theta = cnn_tasks(n_way=20, k_shot=5)
+    cnn = {m: (lambda m=m, o=o: meta_gradient(m, tasks[0], theta, lam=10.0, solver=GD(4, 0.1),
+                                              **o))
+           for m, o in [("maml", {}), ("fomaml", {}), ("imaml", {"cg_steps": 5})]}
+    for name, fn in cnn.items():
+        put(f"cnn20w5s/{name}/peak_bytes", "bytes", measure_memory(fn).peak_bytes)
+    times = time_calls(cnn, repeats=5, warmup=1)
+    put("cnn20w5s/time_ratio/imaml_over_fomaml", "ratio",
+        times["imaml"].median_s / times["fomaml"].median_s)
+    put("cnn20w5s/time_ratio/maml_over_fomaml", "ratio",
+        times["maml"].median_s / times["fomaml"].median_s)
+    return metrics
+
+
+def print_table(verdicts: list[Verdict]) -> None:
+    print(f"{'metric':45s} {'baseline':>12s} {'now':>12s}  {'rule':22s} verdict")
+    for v in verdicts:
+        base = "-" if v.baseline is None else f"{v.baseline:.4g}"
+        print(f"{v.metric:45s} {base:>12s} {v.now:12.4g}  {v.rule:22s} "
+              f"{'ok' if v.ok else 'REGRESSION'}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m suite.regress", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--update", action="store_true",
+                        help="replace the committed baselines with this run's figures")
+    parser.add_argument("--baseline", type=Path, default=BASELINE, help="baseline JSON file")
+    args = parser.parse_args(argv)
+    now = measure()
+    if args.update:
+        record = {"provenance": provenance(device="cpu", dtype="float64",
+                                           threads=torch.get_num_threads(), seed=0),
+                  "metrics": now}
+        args.baseline.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.baseline.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(args.baseline)
+        print(f"baselines written to {args.baseline}")
+        return 0
+    if not args.baseline.exists():
+        raise SystemExit(f"no baseline at {args.baseline}: run with --update once, on purpose")
+    baseline = json.loads(args.baseline.read_text())["metrics"]
+    verdicts = compare(baseline, now)
+    print_table(verdicts)
+    failed = [v for v in verdicts if not v.ok]
+    print(f"{len(verdicts) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

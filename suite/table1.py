@@ -1,0 +1,156 @@
+"""The paper's Table 1, measured: compute and memory to reach a meta-gradient error delta.
+
+For each row (MAML with GD or Nesterov AGD and full backprop, truncated backprop with GD,
+iMAML with AGD + CG) and each condition number kappa of a synthetic task, the smallest
+budget whose meta-gradient is within relative error delta of the exact d/dtheta
+L_test(Alg*(theta)) is found by doubling and then bisection to 5% (the error falls
+geometrically in the budget, so this brackets the smallest budget). Compute is counted in
+gradients of L_train with each Hessian-vector product at its cost measured in the same
+run; memory is the bytes the autograd graph holds, and the peak of live tensor bytes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+import synthetic
+
+from .measure import measure_memory
+from .methods import meta_gradient
+from .results import provenance
+from .solvers import GD, NesterovAGD
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    compute_exponent: float   # theory: compute ~ kappa^e log(D/delta)
+    memory_exponent: float    # theory: memory ~ kappa^e (times logs)
+
+
+ROWS = {
+    "maml_gd": Row("MAML (GD + full back-prop)", 1.0, 1.0),
+    "maml_agd": Row("MAML (Nesterov AGD + full back-prop)", 0.5, 0.5),
+    "truncated_gd": Row("Truncated back-prop (GD)", 1.0, 1.0),
+    "imaml": Row("Implicit MAML (AGD inner solve + CG)", 0.5, 0.0),
+}
+EXPONENT_TOLERANCE = 0.15
+
+
+class NotReached(RuntimeError):
+    pass
+
+
+def smallest_budget(error_of, target: float, start: int, cap: int) -> int:
+    """The smallest integer b >= start (to 5%) with error_of(b) <= target."""
+    lo, b = start - 1, min(max(start, 1), cap)
+    while error_of(b) > target:
+        if b >= cap:
+            raise NotReached(f"error {target:g} not reached within {cap} steps")
+        lo, b = b, min(2 * b, cap)
+    hi = b
+    while hi - lo > max(1, int(0.05 * hi)):
+        mid = (lo + hi) // 2
+        if error_of(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class Evaluator:
+    """Meta-gradient errors of the four rows on one synthetic workload, memoised."""
+
+    def __init__(self, workload):
+        self.w = workload
+        self.task = workload.tasks[0]
+        self.exact = synthetic.exact_meta_gradient(workload.references[0],
+                                                   workload.theta.cpu().numpy())
+        self.L = workload.smoothness
+        self._cache: dict = {}
+
+    def call(self, row: str, steps: int, extra: int = 0):
+        lam, kappa, theta = self.w.lam, self.w.kappa, self.w.theta
+        if row == "maml_gd":
+            return lambda: meta_gradient("maml", self.task, theta, lam=lam, solver=GD(steps, 1 / self.L))
+        if row == "maml_agd":
+            return lambda: meta_gradient("maml", self.task, theta, lam=lam,
+                                         solver=NesterovAGD.for_condition(steps, self.L, kappa))
+        if row == "truncated_gd":
+            return lambda: meta_gradient("truncated", self.task, theta, lam=lam,
+                                         solver=GD(steps, 1 / self.L), truncate=extra)
+        if row == "imaml":
+            return lambda: meta_gradient("imaml", self.task, theta, lam=lam,
+                                         solver=NesterovAGD.for_condition(steps, self.L, kappa),
+                                         cg_steps=extra)
+        raise ValueError(f"row must be one of {sorted(ROWS)}, got {row!r}")
+
+    def error(self, row: str, steps: int, extra: int = 0) -> float:
+        key = (row, steps, extra)
+        if key not in self._cache:
+            grad = self.call(row, steps, extra)().grad.cpu().numpy()
+            self._cache[key] = synthetic.relative_error(grad, self.exact)
+        return self._cache[key]
+
+
+def find_budget(ev: Evaluator, row: str, delta: float, cap: int, previous: dict | None):
+    """(inner steps, extra) reaching delta: extra is the truncation (truncated) or the CG
+    steps (iMAML), else 0. ``previous`` (the budget for a larger delta) seeds the search."""
+    prev = previous or {}
+    if row in ("maml_gd", "maml_agd"):
+        k = smallest_budget(lambda k: ev.error(row, k), delta, prev.get("steps", 1), cap)
+        return k, 0
+    if row == "truncated_gd":
+        # The inner solve needs as many steps as MAML-GD; truncation then keeps the fewest
+        # steps (memory) whose error is within delta.
+        steps = smallest_budget(lambda k: ev.error("maml_gd", k), delta / 2,
+                                prev.get("steps", 1), cap)
+        trunc = smallest_budget(lambda t: ev.error(row, steps, min(t, steps)), delta,
+                                min(prev.get("extra", 1), steps), steps)
+        return steps, trunc
+    # iMAML: the fewest CG steps that reach delta/2 with a tightly solved inner problem,
+    # then the fewest inner AGD steps that reach delta with that many CG steps.
+    tight = int(40 * math.sqrt(ev.w.kappa)) + 50
+    cg = smallest_budget(lambda m: ev.error(row, tight, m), delta / 2, prev.get("extra", 1), cap)
+    steps = smallest_budget(lambda k: ev.error(row, k, cg), delta, prev.get("steps", 1), tight)
+    return steps, cg
+
+
+def measure_cell(ev: Evaluator, row: str, kappa: float, delta: float, hvp_in_grads: float,
+                 *, cap: int, previous: dict | None, seed: int, threads: int) -> dict:
+    base = dict(row=row, algorithm=ROWS[row].label, kappa=kappa, delta=delta, lam=ev.w.lam,
+                dim=ev.w.tasks[0].num_parameters, hvp_in_grads=hvp_in_grads,
+                **provenance(device=ev.w.theta.device, dtype=ev.w.theta.dtype, threads=threads,
+                             seed=seed))
+    try:
+        steps, extra = find_budget(ev, row, delta, cap, previous)
+    except NotReached as err:
+        return dict(base, status="not_reached", note=str(err))
+    fn = ev.call(row, steps, extra)
+    result = fn()
+    mem = measure_memory(fn, ev.w.theta.device)
+    stats = result.stats
+    return dict(base, inner_steps=steps,
+                truncate=extra if row == "truncated_gd" else None,
+                cg_steps=extra if row == "imaml" else None,
+                grad_evals=stats.grad_evals, hvps=stats.hvps,
+                compute_grads=stats.grad_evals + hvp_in_grads * stats.hvps,
+                graph_bytes=mem.graph_bytes, peak_bytes=mem.peak_bytes,
+                error=ev.error(row, steps, extra), status="ok", note="")
+
+
+def fit_exponent(x, y) -> float:
+    """Least-squares slope of log y against log x."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
+
+
+def fit_log_delta(deltas, compute) -> tuple[float, float]:
+    """compute = a + b log10(1/delta): returns (b, R^2)."""
+    x = np.log10(1 / np.asarray(deltas, float))
+    y = np.asarray(compute, float)
+    b, a = np.polyfit(x, y, 1)
+    residual = y - (a + b * x)
+    total = ((y - y.mean()) ** 2).sum()
+    return float(b), float(1 - (residual ** 2).sum() / total) if total > 0 else 1.0
