@@ -137,8 +137,12 @@ def table1_markdown(frame: pd.DataFrame) -> str:
            "against the exact d/dθ L_test(Alg*(θ)) (scipy, float64). Compute: gradients of "
            "L_train plus Hessian-vector products at their measured cost in gradients "
            f"({', '.join(f'κ={k:g}: {ok[ok.kappa == k].hvp_in_grads.iloc[0]:.2f}' for k in kappas)}). "
-           "Memory: bytes the autograd graph holds (saved tensors; on a quadratic each "
-           "unrolled step saves only a scalar because the Hessian is constant).", "",
+           "Memory: peak bytes the autograd graph holds (tensors saved for backward; each "
+           "unrolled step keeps the residual of its loss, as a network keeps activations).",
+           "", "Truncated backprop keeps k of the K steps. With lam > 0 the step j from the "
+           "end contributes lr·lam·(I − lr·(H + lam I))^j to the Jacobian, so the truncation "
+           "error falls at the rate of the inner error: at equal δ it needs k ≈ K (theory: "
+           "κ log(1/ε) against κ log(D/δ), the same order).", "",
            f"## Cost to reach δ = {delta_min:g}", "",
            "| algorithm | theory: compute | theory: memory | "
            + " | ".join(f"κ={k:g}: compute / graph bytes / error" for k in kappas) + " |",

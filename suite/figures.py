@@ -38,7 +38,7 @@ SCALES = {
     "default": dict(
         fig2a=dict(kappa=1e3, steps=[10, 30, 100, 300, 1000, 3000, 10000],
                    cg=[2, 5, 20, 50], truncate=[10], panels=[(50, 4), (20, 40)]),
-        fig2b=dict(steps=[1, 2, 4, 8, 16], repeats=3),
+        fig2b=dict(steps=[1, 2, 4, 8, 16], repeats=2),
         table1=dict(kappas=[10.0, 100.0, 1000.0], deltas=[1e-2, 1e-3, 1e-4], dim=20,
                     cap=200_000)),
     "full": dict(
@@ -180,7 +180,8 @@ def run_table1(cfg, device, quiet, threads) -> pd.DataFrame:
                 key = dict(row=row, kappa=kappa, delta=delta)
                 if not store.done(key):
                     cell = table1.measure_cell(ev, row, kappa, delta, hvp, cap=cfg["cap"],
-                                               previous=previous, seed=0, threads=threads)
+                                               previous=previous, seed=0, threads=threads,
+                                               memory=delta == min(cfg["deltas"]))
                     store.add(cell)
                     if cell["status"] == "ok":
                         previous = {"steps": cell["inner_steps"],

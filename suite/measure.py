@@ -39,12 +39,14 @@ class LiveBytes(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.live: dict[int, int] = {}
+        self._refs: dict[int, weakref.ref] = {}
         self.saved: set[int] = set()
         self.current = self.peak = 0
         self.graph_current = self.graph_peak = 0
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
 
     def _free(self, key: int) -> None:
+        self._refs.pop(key, None)
         self.current -= self.live.pop(key)
         if key in self.saved:
             self.saved.discard(key)
@@ -88,7 +90,9 @@ class LiveBytes(TorchDispatchMode):
             self.live[key] = nbytes
             self.current += nbytes
             self.peak = max(self.peak, self.current)
-            weakref.finalize(storage, self._free, key)
+            # A weak reference's callback runs when the storage is freed (storages keep
+            # their Python object for their whole life, so this is the storage's death).
+            self._refs[key] = weakref.ref(storage, lambda _, k=key: self._free(k))
         return out
 
 

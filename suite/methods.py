@@ -35,6 +35,7 @@ class Stats:
     inner_cg_iterations: int = 0    # of the inner solver's own CG (Newton-CG)
     cg_residual: float = math.nan   # final relative residual |b - A g| / |b| (iMAML)
     cg_converged: bool | None = None
+    cg_breakdown: bool = False      # only with on_breakdown="return"; otherwise it raises
     inner_converged: bool | None = None
     inner_message: str = ""
     wall_time_s: float = 0.0
@@ -115,12 +116,14 @@ def fomaml(task, theta, *, lam, solver):
     return MetaGradient(_test_grad(task, phi), stats, phi)
 
 
-def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None):
+def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="raise"):
     """Implicit MAML: solve (I + H/lam) g = grad L_test(phi) by CG at the solver's output phi.
 
     Lemma 1 of the paper: at phi = Alg*(theta), dAlg*/dtheta = (I + H/lam)^-1. The CG solve
     uses ``cg_steps`` iterations at most (stopping early below ``cg_tol``); a budget that
-    leaves a residual is reported in ``stats`` (``cg_converged=False``), a breakdown raises.
+    leaves a residual is reported in ``stats`` (``cg_converged=False``). A breakdown
+    (negative curvature beyond lam) raises ``CGBreakdown``, or with ``on_breakdown="return"``
+    returns the CG iterate reached before it, flagged ``stats.cg_breakdown=True``.
     """
     if lam <= 0:
         raise ValueError(f"lam must be > 0 for 'imaml' (I + H/lam must exist), got {lam}")
@@ -136,7 +139,8 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None):
         problem.hvps += 1
         return u + hvp(u) / lam
 
-    cg = conjugate_gradient(matvec, v, max_iter=cg_steps, tol=cg_tol)
+    cg = conjugate_gradient(matvec, v, max_iter=cg_steps, tol=cg_tol, on_breakdown=on_breakdown)
+    stats.cg_breakdown = cg.breakdown
     stats.grad_evals = problem.grad_evals + 1   # + the gradient whose graph gives the HVPs
     stats.hvps, stats.loss_evals = problem.hvps, problem.loss_evals
     stats.cg_iterations = problem.hvps - hvps_before
@@ -222,7 +226,8 @@ def meta_gradient(method: str, task, theta: torch.Tensor, *, lam: float, solver=
                   **options) -> MetaGradient:
     """The meta-gradient of ``task`` at ``theta`` by ``method`` (see ``METHODS``).
 
-    Options per method: ``truncate`` ("truncated"), ``cg_steps`` and ``cg_tol`` ("imaml"),
+    Options per method: ``truncate`` ("truncated"), ``cg_steps``, ``cg_tol`` and
+    ``on_breakdown`` ("imaml"),
     ``max_newton`` ("exact"). ``stats.wall_time_s`` covers the whole computation.
     """
     lam = _validate(method, task, theta, lam, solver)
@@ -249,6 +254,7 @@ def meta_gradient_batch(method: str, tasks, theta: torch.Tensor, *, lam: float, 
             setattr(total, name, getattr(total, name) + getattr(r.stats, name))
     residuals = [r.stats.cg_residual for r in results if not math.isnan(r.stats.cg_residual)]
     total.cg_residual = max(residuals) if residuals else math.nan
+    total.cg_breakdown = any(r.stats.cg_breakdown for r in results)
     flags = [r.stats.cg_converged for r in results if r.stats.cg_converged is not None]
     total.cg_converged = all(flags) if flags else None
     flags = [r.stats.inner_converged for r in results if r.stats.inner_converged is not None]

@@ -44,8 +44,11 @@ class NotReached(RuntimeError):
 
 
 def smallest_budget(error_of, target: float, start: int, cap: int) -> int:
-    """The smallest integer b >= start (to 5%) with error_of(b) <= target."""
+    """The smallest integer b (to 5%) with error_of(b) <= target, searched upwards from
+    ``start`` by doubling, or downwards by bisection when ``start`` already reaches it."""
     lo, b = start - 1, min(max(start, 1), cap)
+    if error_of(b) <= target:
+        lo = 0
     while error_of(b) > target:
         if b >= cap:
             raise NotReached(f"error {target:g} not reached within {cap} steps")
@@ -103,12 +106,11 @@ def find_budget(ev: Evaluator, row: str, delta: float, cap: int, previous: dict 
         k = smallest_budget(lambda k: ev.error(row, k), delta, prev.get("steps", 1), cap)
         return k, 0
     if row == "truncated_gd":
-        # The inner solve needs as many steps as MAML-GD; truncation then keeps the fewest
-        # steps (memory) whose error is within delta.
-        steps = smallest_budget(lambda k: ev.error("maml_gd", k), delta / 2,
-                                prev.get("steps", 1), cap)
-        trunc = smallest_budget(lambda t: ev.error(row, steps, min(t, steps)), delta,
-                                min(prev.get("extra", 1), steps), steps)
+        # The inner solve takes the steps MAML-GD needs for delta (truncate = steps is MAML
+        # itself, so delta is reachable); truncation keeps the fewest steps within delta.
+        steps = smallest_budget(lambda k: ev.error("maml_gd", k), delta, prev.get("steps", 1),
+                                cap)
+        trunc = smallest_budget(lambda t: ev.error(row, steps, t), delta, steps, steps)
         return steps, trunc
     # iMAML: the fewest CG steps that reach delta/2 with a tightly solved inner problem,
     # then the fewest inner AGD steps that reach delta with that many CG steps.
@@ -119,7 +121,9 @@ def find_budget(ev: Evaluator, row: str, delta: float, cap: int, previous: dict 
 
 
 def measure_cell(ev: Evaluator, row: str, kappa: float, delta: float, hvp_in_grads: float,
-                 *, cap: int, previous: dict | None, seed: int, threads: int) -> dict:
+                 *, cap: int, previous: dict | None, seed: int, threads: int,
+                 memory: bool = True) -> dict:
+    """One cell: the budget for ``delta``, its compute, and (``memory``) its bytes."""
     base = dict(row=row, algorithm=ROWS[row].label, kappa=kappa, delta=delta, lam=ev.w.lam,
                 dim=ev.w.tasks[0].num_parameters, hvp_in_grads=hvp_in_grads,
                 **provenance(device=ev.w.theta.device, dtype=ev.w.theta.dtype, threads=threads,
@@ -130,15 +134,17 @@ def measure_cell(ev: Evaluator, row: str, kappa: float, delta: float, hvp_in_gra
         return dict(base, status="not_reached", note=str(err))
     fn = ev.call(row, steps, extra)
     result = fn()
-    mem = measure_memory(fn, ev.w.theta.device)
+    mem = measure_memory(fn, ev.w.theta.device) if memory else None
     stats = result.stats
     return dict(base, inner_steps=steps,
                 truncate=extra if row == "truncated_gd" else None,
                 cg_steps=extra if row == "imaml" else None,
                 grad_evals=stats.grad_evals, hvps=stats.hvps,
                 compute_grads=stats.grad_evals + hvp_in_grads * stats.hvps,
-                graph_bytes=mem.graph_bytes, peak_bytes=mem.peak_bytes,
-                error=ev.error(row, steps, extra), status="ok", note="")
+                graph_bytes=mem.graph_bytes if mem else None,
+                peak_bytes=mem.peak_bytes if mem else None,
+                error=ev.error(row, steps, extra), status="ok",
+                note="" if mem else "memory measured at the smallest delta only")
 
 
 def fit_exponent(x, y) -> float:

@@ -92,6 +92,9 @@ def test_indefinite_imaml_system_raises():
     theta = torch.ones(3, dtype=torch.float64)
     with pytest.raises(suite.CGBreakdown, match="increase lam"):
         meta_gradient("imaml", Concave(), theta, lam=1.0, solver=GD(0, 0.1))
+    flagged = meta_gradient("imaml", Concave(), theta, lam=1.0, solver=GD(0, 0.1),
+                            on_breakdown="return")
+    assert flagged.stats.cg_breakdown and flagged.stats.cg_converged is False
 
 
 def test_meta_batch_averages(quad):
