@@ -2,8 +2,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+EXTRAS ?= test,peers
 
-.PHONY: venv test figures regress bench clean
+.PHONY: venv test figures regress bench peers clean
 
 venv: $(STAMP)
 
@@ -11,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 test: venv
@@ -26,6 +27,9 @@ regress: venv
 
 bench: venv
 	$(PY) -m pytest --benchmark-only $(ARGS)
+
+peers: venv
+	$(PY) -m suite.peers $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -99,6 +99,9 @@ def _fits(frame: pd.DataFrame):
         if len(at) >= 2:
             fit["compute_exp"] = fit_exponent(at.kappa, at.compute_grads)
             fit["memory_exp"] = fit_exponent(at.kappa, at.graph_bytes)
+            fit["compute_ok"] = abs(fit["compute_exp"] - spec.compute_exponent) \
+                <= EXPONENT_TOLERANCE
+            fit["memory_ok"] = abs(fit["memory_exp"] - spec.memory_exponent) <= EXPONENT_TOLERANCE
         top = g[g.kappa == g.kappa.max()].sort_values("delta")
         if len(top) >= 3:
             fit["per_decade"], fit["r2"] = fit_log_delta(top.delta, top.compute_grads)
@@ -112,11 +115,10 @@ def table1_verdicts(frame: pd.DataFrame) -> list[str]:
         if "compute_exp" not in f:
             lines.append(f"  {spec.label}: fewer than two kappas reached the target")
             continue
-        c_ok = abs(f["compute_exp"] - spec.compute_exponent) <= EXPONENT_TOLERANCE
-        m_ok = abs(f["memory_exp"] - spec.memory_exponent) <= EXPONENT_TOLERANCE
         lines.append(f"  {spec.label}: compute ~ kappa^{f['compute_exp']:.2f} (theory "
-                     f"{spec.compute_exponent:g}) {_verdict(c_ok)}; memory ~ kappa^"
-                     f"{f['memory_exp']:.2f} (theory {spec.memory_exponent:g}) {_verdict(m_ok)}")
+                     f"{spec.compute_exponent:g}) {_verdict(f['compute_ok'])}; memory ~ kappa^"
+                     f"{f['memory_exp']:.2f} (theory {spec.memory_exponent:g}) "
+                     f"{_verdict(f['memory_ok'])}")
     return lines
 
 
@@ -172,13 +174,11 @@ def table1_markdown(frame: pd.DataFrame) -> str:
         if "compute_exp" not in f:
             out.append(f"| {spec.label} | not enough cells | | |")
             continue
-        c_ok = abs(f["compute_exp"] - spec.compute_exponent) <= EXPONENT_TOLERANCE
-        m_ok = abs(f["memory_exp"] - spec.memory_exponent) <= EXPONENT_TOLERANCE
         decade = (f"{f['per_decade']:.0f} grads (R² {f['r2']:.3f})" if "per_decade" in f
                   else "needs three δ")
         out.append(f"| {spec.label} | {spec.compute_exponent:g} / {f['compute_exp']:.2f} / "
-                   f"{_verdict(c_ok)} | {spec.memory_exponent:g} / {f['memory_exp']:.2f} / "
-                   f"{_verdict(m_ok)} | {decade} |")
+                   f"{_verdict(f['compute_ok'])} | {spec.memory_exponent:g} / "
+                   f"{f['memory_exp']:.2f} / {_verdict(f['memory_ok'])} | {decade} |")
     missing = frame[frame.status != "ok"]
     if len(missing):
         out += ["", "Cells that did not reach their target: " + "; ".join(

@@ -38,6 +38,9 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     residual |r| / |b| <= ``tol`` (default: 10 x machine epsilon of b's dtype). On
     breakdown (p^T A p <= 0) it raises ``CGBreakdown``, or with ``on_breakdown="return"``
     returns the iterate reached so far flagged ``breakdown=True`` (Newton-CG's use).
+
+    A 2-D ``b`` holds independent systems, one per row (``matvec`` acts row by row, as for
+    a meta-batch of tasks): each row stops on its own, ``residual`` is the largest.
     """
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
@@ -47,31 +50,44 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         tol = 10 * torch.finfo(b.dtype).eps
     elif not (0 <= tol < 1):
         raise ValueError(f"tol must be in [0, 1), got {tol!r}")
-    b_norm = torch.linalg.vector_norm(b).item()
-    x = torch.zeros_like(b)
-    if b_norm == 0:
-        return CGResult(x, 0, 0.0, True)
-    r = b.clone()
-    p = r.clone()
-    rr = torch.dot(r, r)
-    residual = 1.0
-    for k in range(max_iter):
-        if residual <= tol:
-            return CGResult(x, k, residual, True)
-        Ap = matvec(p)
-        curvature = torch.dot(p, Ap)
-        if not curvature.item() > 0:  # also catches NaN
+    if b.ndim not in (1, 2):
+        raise ValueError(f"b must be 1-D (one system) or 2-D (one per row), got {b.ndim}-D")
+    batched = b.ndim == 2
+    B = b if batched else b[None]
+    b_norm = torch.linalg.vector_norm(B, dim=1)
+    safe_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    x = torch.zeros_like(B)
+    r, p = B.clone(), B.clone()
+    rr = (r * r).sum(1)
+    residual = rr.sqrt() / safe_norm
+    broken = torch.zeros_like(b_norm, dtype=torch.bool)
+    k = 0
+    while k < max_iter:
+        active = (residual > tol) & ~broken
+        if not bool(active.any()):
+            break
+        Ap = matvec(p if batched else p[0]).reshape(B.shape)
+        curvature = (p * Ap).sum(1)
+        bad = active & ~(curvature > 0)            # ~(c > 0) also catches NaN
+        if bool(bad.any()):
             if on_breakdown == "raise":
-                raise CGBreakdown(k, curvature.item())
-            return CGResult(x, k, residual, False, breakdown=True)
-        alpha = rr / curvature
-        x = x + alpha * p
-        r = r - alpha * Ap
-        rr_new = torch.dot(r, r)
-        residual = rr_new.sqrt().item() / b_norm
-        p = r + (rr_new / rr) * p
-        rr = rr_new
-    return CGResult(x, max_iter, residual, residual <= tol)
+                raise CGBreakdown(k, float(curvature[bad][0]))
+            broken |= bad
+            active &= ~bad
+            if not bool(active.any()):
+                break
+        alpha = torch.where(active, rr / torch.where(active, curvature, 1.0), 0.0)
+        x = x + alpha[:, None] * p
+        r = r - alpha[:, None] * Ap
+        rr_new = (r * r).sum(1)
+        beta = torch.where(active, rr_new / torch.where(rr > 0, rr, 1.0), 0.0)
+        p = torch.where(active[:, None], r + beta[:, None] * p, p)
+        rr = torch.where(active, rr_new, rr)
+        residual = torch.where(active, rr.sqrt() / safe_norm, residual)
+        k += 1
+    worst = float(residual.max())
+    return CGResult(x if batched else x[0], k, worst,
+                    worst <= tol and not bool(broken.any()), bool(broken.any()))
 
 
 def hvp_at(loss_fn: Callable[[torch.Tensor], torch.Tensor], phi: torch.Tensor

@@ -36,8 +36,9 @@ class LiveBytes(TorchDispatchMode):
     """Peak live tensor bytes (``peak``) and peak bytes saved for backward (``graph_peak``)
     allocated inside a ``with`` block."""
 
-    def __init__(self):
+    def __init__(self, track_graph: bool = True):
         super().__init__()
+        self.track_graph = track_graph
         self.live: dict[int, int] = {}
         self._refs: dict[int, weakref.ref] = {}
         self.saved: set[int] = set()
@@ -64,14 +65,16 @@ class LiveBytes(TorchDispatchMode):
 
     def __enter__(self):
         self._saved_bytes: dict[int, int] = {}
-        self._hooks.__enter__()
+        if self.track_graph:
+            self._hooks.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            self._hooks.__exit__(*exc)
+            if self.track_graph:
+                self._hooks.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -147,15 +150,19 @@ class MemoryFigures:
     memory_note: str = ""
 
 
-def measure_memory(fn, device="cpu") -> MemoryFigures:
-    """Run ``fn()`` once under the meters (it is slower there: time it separately)."""
+def measure_memory(fn, device="cpu", *, track_graph: bool = True) -> MemoryFigures:
+    """Run ``fn()`` once under the meters (it is slower there: time it separately).
+
+    ``track_graph=False`` for code that uses torch.func transforms (grad, vjp), which refuse
+    saved-tensor hooks: ``graph_bytes`` is then 0, meaning not measured.
+    """
     device = torch.device(device)
     if device.type == "cuda":
-        with CudaMemory(device) as cuda, LiveBytes() as live:
+        with CudaMemory(device) as cuda, LiveBytes(track_graph) as live:
             fn()
         return MemoryFigures(live.peak, live.graph_peak, cuda.peak, cuda.nvml_used,
                              cuda.nvml_process, cuda.note)
-    with LiveBytes() as live:
+    with LiveBytes(track_graph) as live:
         fn()
     return MemoryFigures(live.peak, live.graph_peak,
                          memory_note=f"device {device.type}: no CUDA allocator or NVML figures")

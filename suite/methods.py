@@ -97,6 +97,8 @@ def truncated(task, theta, *, lam, solver, truncate):
     """Backpropagation through the last ``truncate`` steps only (Shaban et al. 2019).
 
     The iterate before them is treated as a constant; ``truncate = steps`` is ``maml``.
+    theta then reaches the result only through the proximal term lam (phi - theta) of the
+    kept steps: with lam = 0 and truncate < steps the meta-gradient is exactly zero.
     """
     _require_differentiable(solver, "truncated")
     truncate = check_int("truncate", truncate, minimum=1)

@@ -47,13 +47,15 @@ def synthetic_workload(*, dim: int = 20, kappa: float = 100.0, lam: float = 1.0,
     return SyntheticWorkload(refs, tasks, theta, kappa, lam)
 
 
-def conv4(n_way: int, channels: int = 64, in_channels: int = 1) -> nn.Sequential:
+def conv4(n_way: int, channels: int = 64, in_channels: int = 1,
+          activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """The 4-layer CNN of MAML and iMAML for 28x28 inputs: 4 x [conv 3x3 stride 2 pad 1,
-    BatchNorm (batch statistics, no running stats), ReLU], flatten, linear to ``n_way``."""
+    BatchNorm (batch statistics, no running stats), ReLU], flatten, linear to ``n_way``.
+    ``activation=nn.Tanh`` gives the smooth variant used where exactness is tested."""
     layers, c = [], in_channels
     for _ in range(4):
         layers += [nn.Conv2d(c, channels, 3, stride=2, padding=1),
-                   nn.BatchNorm2d(channels, track_running_stats=False), nn.ReLU()]
+                   nn.BatchNorm2d(channels, track_running_stats=False), activation()]
         c = channels
     # 28 -> 14 -> 7 -> 4 -> 2 spatially.
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 2 * 2, n_way))

@@ -68,3 +68,19 @@ def test_bench_cnn_20way_5shot(benchmark, cnn, method, options):
     result = benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
     record(benchmark, result, fn)
     assert torch.isfinite(result.grad).all() and result.grad.shape == theta.shape
+
+
+@pytest.mark.parametrize("impl", ["loop", "vmap"])
+def test_bench_meta_batch_maml(benchmark, impl):
+    """Per-task loop against torch.func.vmap over a meta-batch of 8 (5-way 1-shot CNN);
+    ``python -m suite.peers`` runs the 20-way 5-shot, meta-batch 16 comparison."""
+    from suite import meta_gradient_batch
+    from suite.batched import BatchedTasks, batched_meta_gradient
+    tasks, theta = cnn_tasks(n_way=5, k_shot=1, n_tasks=8)
+    bt = BatchedTasks.stack(tasks)
+    fns = {"loop": lambda: meta_gradient_batch("maml", tasks, theta, lam=0.0,
+                                               solver=GD(3, 0.1)).grad,
+           "vmap": lambda: batched_meta_gradient("maml", bt, theta, lam=0.0, steps=3, lr=0.1)}
+    grad = benchmark.pedantic(fns[impl], rounds=3, warmup_rounds=1)
+    benchmark.extra_info["peak_bytes"] = measure_memory(fns[impl], track_graph=False).peak_bytes
+    assert torch.isfinite(grad).all() and grad.shape == theta.shape

@@ -104,3 +104,13 @@ def test_live_bytes_agree_with_cuda_allocator():
     # The caching allocator rounds blocks up (512 B minimum) and cuDNN workspaces are not
     # tensors the meter sees: the 10% band.
     assert abs(f.peak_bytes - f.cuda_peak_bytes) <= 0.10 * f.cuda_peak_bytes
+
+
+def test_torch_func_code_is_measured_without_graph_hooks():
+    # torch.func.grad refuses saved-tensor hooks: the meter then reports peak bytes only.
+    x = torch.randn(1000)
+    f = lambda v: torch.func.grad(lambda u: (u.exp() * 3).sum())(v)   # noqa: E731
+    with pytest.raises(RuntimeError, match="saved tensor hooks"):
+        measure_memory(lambda: f(x))
+    figures = measure_memory(lambda: f(x), track_graph=False)
+    assert figures.graph_bytes == 0 and figures.peak_bytes >= 4000   # at least the result

@@ -5,7 +5,7 @@ tasks per step. Inner loop and meta-gradient per method (the paper's settings by
 
     maml        GD on L_train (lam = 0), backprop through every step
     fomaml      GD on L_train (lam = 0), grad L_test at the adapted parameters
-    truncated   GD on L_train (lam = 0), backprop through the last ``truncate`` steps
+    truncated   GD on G (lam as iMAML), backprop through the last ``truncate`` steps
     reptile     GD on L_train (lam = 0), direction theta - phi (Nichol et al. 2018)
     imaml-gd    GD on G = L_train + lam/2 |phi - theta|^2, then CG (implicit gradient)
     imaml-hf    Newton-CG (Hessian-free, line search) on G, then CG
@@ -41,7 +41,7 @@ class TrainConfig:
     k_query: int = 15
     inner_steps: int = 16
     inner_lr: float = 0.1
-    lam: float = 2.0              # iMAML only; the other methods use lam = 0
+    lam: float = 2.0              # iMAML and truncated; the other methods use lam = 0
     cg_steps: int = 5
     hf_steps: int = 5             # Newton iterations of imaml-hf
     truncate: int = 5
@@ -65,7 +65,7 @@ class TrainConfig:
         for name in ("inner_lr", "outer_lr", "budget_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.method.startswith("imaml") and not self.lam > 0:
+        if self.method in ("imaml-gd", "imaml-hf", "truncated") and not self.lam > 0:
             raise ValueError(f"lam must be > 0 for {self.method}, got {self.lam}")
 
 
@@ -88,8 +88,11 @@ def inner(cfg: TrainConfig):
     solver = GD(cfg.inner_steps, cfg.inner_lr)
     if cfg.method == "imaml-gd":
         return solver, cfg.lam, "imaml", {"cg_steps": cfg.cg_steps, "on_breakdown": "return"}
-    options = {"truncate": min(cfg.truncate, cfg.inner_steps)} if cfg.method == "truncated" else {}
-    return solver, 0.0, cfg.method, options
+    if cfg.method == "truncated":
+        # Truncated backprop needs the proximal term: with lam = 0, theta enters only through
+        # phi_0 and a truncated backward pass never reaches it (a zero meta-gradient).
+        return solver, cfg.lam, "truncated", {"truncate": min(cfg.truncate, cfg.inner_steps)}
+    return solver, 0.0, cfg.method, {}
 
 
 def adapt(cfg: TrainConfig, task: ModuleTask, theta: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,206 @@
+"""Side by side with peer libraries: higher (unrolled MAML) and torchopt (implicit gradients).
+
+    python -m suite.peers --steps 5 15 25 --meta-batch 16      # writes results/peers.csv, reports/peers.md
+
+Needs the optional extra: ``pip install -c constraints.txt -e '.[peers]'`` (higher 0.2.1,
+torchopt 0.7.3). learn2learn 0.2.0 does not build on Python 3.11 and is not compared.
+
+The peer implementations below use each library as its documentation shows; they compute
+the same quantities as ``suite.meta_gradient`` (agreement is tested in float64) so that
+time and memory can be compared on equal work, measured in one run and reported as ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.func import functional_call, grad
+
+from .batched import BatchedTasks, batched_meta_gradient
+from .measure import measure_memory, time_calls
+from .methods import meta_gradient_batch
+from .results import provenance, write_csv_atomic
+from .solvers import GD
+from .workloads import cnn_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def require_peers():
+    try:
+        import higher  # noqa: F401
+        import torchopt  # noqa: F401
+    except ImportError as err:
+        raise SystemExit(f"{err.name} is not installed: pip install -c constraints.txt -e "
+                         "'.[peers]'") from None
+
+
+def higher_maml(tasks, theta, *, steps: int, lr: float) -> torch.Tensor:
+    """Mean MAML meta-gradient (lam = 0, SGD inner loop) with higher.innerloop_ctx."""
+    import higher
+    model = tasks[0].module
+    torch.nn.utils.vector_to_parameters(theta.detach().clone(), model.parameters())
+    for p in model.parameters():
+        p.grad = None
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for task in tasks:
+        with higher.innerloop_ctx(model, opt, copy_initial_weights=False,
+                                  track_higher_grads=True) as (fmodel, diffopt):
+            x, y = task.support
+            for _ in range(steps):
+                diffopt.step(task.loss(fmodel(x), y))
+            xq, yq = task.query
+            (task.loss(fmodel(xq), yq) / len(tasks)).backward()
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def torchopt_imaml(tasks, theta, *, lam: float, steps: int, lr: float, cg_steps: int,
+                   rtol: float = 1e-5) -> torch.Tensor:
+    """Mean iMAML meta-gradient with torchopt.diff.implicit.custom_root and its CG solve
+    (GD inner loop on G, optimality grad G = 0)."""
+    import torchopt
+    model, layout = tasks[0].module, tasks[0]
+
+    def loss(phi, x, y):
+        return layout.loss(functional_call(model, layout.unflatten(phi), (x,)), y)
+
+    def optimality(phi, th, x, y):
+        return grad(loss)(phi, x, y) + lam * (phi - th)
+
+    @torchopt.diff.implicit.custom_root(
+        optimality, argnums=1,
+        solve=torchopt.linear_solve.solve_cg(maxiter=cg_steps, rtol=rtol))
+    def solve(phi0, th, x, y):
+        phi, th = phi0.detach(), th.detach()
+        for _ in range(steps):
+            phi = phi - lr * (grad(loss)(phi, x, y) + lam * (phi - th))
+        return phi
+
+    th = theta.detach().clone().requires_grad_(True)
+    with warnings.catch_warnings():   # torchopt 0.7.3 calls the deprecated functorch.vjp
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        for task in tasks:
+            phi = solve(th.detach().clone(), th, *task.support)
+            (loss(phi, *task.query) / len(tasks)).backward()
+    return th.grad
+
+
+def contenders(tasks, theta, *, steps, lr, lam, cg_steps, batched: bool):
+    """{name: zero-argument function} of the implementations compared at one setting."""
+    gd = GD(steps, lr)
+    out = {
+        "ours/maml": lambda: meta_gradient_batch("maml", tasks, theta, lam=0.0, solver=gd).grad,
+        "higher/maml": lambda: higher_maml(tasks, theta, steps=steps, lr=lr),
+        "ours/imaml": lambda: meta_gradient_batch("imaml", tasks, theta, lam=lam, solver=gd,
+                                                  cg_steps=cg_steps).grad,
+        "torchopt/imaml": lambda: torchopt_imaml(tasks, theta, lam=lam, steps=steps, lr=lr,
+                                                 cg_steps=cg_steps),
+    }
+    if batched:
+        bt = BatchedTasks.stack(tasks)
+        out["ours-vmap/maml"] = lambda: batched_meta_gradient("maml", bt, theta, lam=0.0,
+                                                              steps=steps, lr=lr)
+        out["ours-vmap/imaml"] = lambda: batched_meta_gradient("imaml", bt, theta, lam=lam,
+                                                               steps=steps, lr=lr,
+                                                               cg_steps=cg_steps)
+    return out
+
+
+def run(steps_list, batch_steps, meta_batch, *, n_way=20, k_shot=5, lr=0.1, lam=10.0,
+        cg_steps=5, repeats=2, threads=None, device="cpu", progress=True) -> pd.DataFrame:
+    rows = []
+    plan = [(s, 1) for s in steps_list] + [(s, meta_batch) for s in batch_steps]
+    for i, (steps, batch) in enumerate(plan):
+        tasks, theta = cnn_tasks(n_way=n_way, k_shot=k_shot, n_tasks=batch, seed=0,
+                                 device=device)
+        fns = contenders(tasks, theta, steps=steps, lr=lr, lam=lam, cg_steps=cg_steps,
+                         batched=batch > 1)
+        memory = {name: measure_memory(fn, device, track_graph=False).peak_bytes
+                  for name, fn in fns.items()}
+        times = time_calls(fns, repeats=repeats, threads=threads, warmup=0)
+        for name, t in times.items():
+            impl, method = name.split("/")
+            rows.append(dict(impl=impl, method=method, inner_steps=steps, meta_batch=batch,
+                             n_way=n_way, k_shot=k_shot, lam=lam if method == "imaml" else 0.0,
+                             cg_steps=cg_steps if method == "imaml" else None,
+                             time_s=t.median_s, time_iqr_s=t.iqr_s, peak_bytes=memory[name],
+                             repeats=repeats, **provenance(device=device, dtype="float32",
+                                                           threads=t.threads, seed=0)))
+        if progress:
+            print(f"[{i + 1}/{len(plan)}] steps {steps}, meta-batch {batch}: " + ", ".join(
+                f"{n} {t.median_s:.2f}s" for n, t in times.items()), file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
+def report(frame: pd.DataFrame) -> str:
+    def ratio(ours, peer, method, col):
+        sub = frame[frame.method == method].set_index(["inner_steps", "meta_batch", "impl"])[col]
+        return sub.xs(ours, level="impl") / sub.xs(peer, level="impl")
+
+    first = frame.iloc[0]
+    lines = ["# Side by side with higher and torchopt", "",
+             f"4-layer CNN, {int(first['n_way'])}-way {int(first['k_shot'])}-shot, float32 on "
+             f"{first['device']} ({first['device_name']}, {int(first['threads'])} threads), "
+             f"torch {first['torch_version']}, commit {first['git_commit']}; median of "
+             f"{int(first['repeats'])} interleaved timings. Ratios < 1 mean ours is faster or "
+             "smaller. MAML: lam = 0, inner SGD; iMAML: lam = "
+             f"{frame[frame.method == 'imaml'].lam.iloc[0]:g}, "
+             f"{int(frame[frame.method == 'imaml'].cg_steps.iloc[0])} CG steps.", "",
+             "| inner steps | meta-batch | ours / higher MAML: time, memory | "
+             "ours / torchopt iMAML: time, memory |", "|---|---|---|---|"]
+    mt, mm = ratio("ours", "higher", "maml", "time_s"), ratio("ours", "higher", "maml",
+                                                            "peak_bytes")
+    it, im = ratio("ours", "torchopt", "imaml", "time_s"), ratio("ours", "torchopt", "imaml",
+                                                               "peak_bytes")
+    for key in mt.index:
+        lines.append(f"| {key[0]} | {key[1]} | {mt[key]:.2f}, {mm[key]:.2f} | "
+                     f"{it[key]:.2f}, {im[key]:.2f} |")
+    batched = frame[frame.impl == "ours-vmap"]
+    if len(batched):
+        lines += ["", "Task-batched (torch.func.vmap over the meta-batch) against the per-task "
+                  "loop and the peers, same tasks:", "",
+                  "| method | inner steps | meta-batch | vmap / our loop: time (throughput x) | "
+                  "vmap / peer: time | vmap / our loop: memory |", "|---|---|---|---|---|---|"]
+        for method, peer in (("maml", "higher"), ("imaml", "torchopt")):
+            v = ratio("ours-vmap", "ours", method, "time_s")
+            p = ratio("ours-vmap", peer, method, "time_s")
+            m = ratio("ours-vmap", "ours", method, "peak_bytes")
+            for key in v.dropna().index:
+                lines.append(f"| {method} | {key[0]} | {key[1]} | {v[key]:.2f} "
+                             f"({1 / v[key]:.1f}x) | {p[key]:.2f} | {m[key]:.2f} |")
+    lines += ["", "Raw rows: `results/peers.csv`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m suite.peers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 15, 25],
+                        help="inner steps, per task (default 5 15 25)")
+    parser.add_argument("--batch-steps", type=int, nargs="+", default=[5],
+                        help="inner steps of the meta-batch comparison (default 5)")
+    parser.add_argument("--meta-batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "peers.csv")
+    args = parser.parse_args(argv)
+    require_peers()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is available on this machine")
+    frame = run(args.steps, args.batch_steps, args.meta_batch, repeats=args.repeats,
+                threads=args.threads, device=args.device)
+    write_csv_atomic(frame, args.out)
+    md = report(frame)
+    (ROOT / "reports" / "peers.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

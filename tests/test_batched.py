@@ -1,0 +1,55 @@
+"""Task-batched meta-gradients equal the per-task loop; batched CG equals per-row CG."""
+import pytest
+import torch
+from torch import nn
+
+from suite import conjugate_gradient, meta_gradient_batch
+from suite.batched import BatchedTasks, batched_meta_gradient
+from suite.linalg import CGBreakdown
+from suite.solvers import GD
+from suite.workloads import cnn_tasks
+
+
+@pytest.mark.parametrize("method,options", [("maml", {}), ("fomaml", {}),
+                                            ("imaml", {"cg_steps": 5})])
+def test_batched_equals_per_task_loop(method, options):
+    # float64, so the two orders of summation agree to ~1e-15 relative; 1e-10 is a wide bound
+    # that still catches any task mixed up or dropped (those change the result at O(1)).
+    tasks, theta = cnn_tasks(n_way=5, k_shot=1, n_tasks=3, dtype=torch.float64, seed=1)
+    loop = meta_gradient_batch(method, tasks, theta, lam=10.0, solver=GD(3, 0.1), **options).grad
+    got = batched_meta_gradient(method, BatchedTasks.stack(tasks), theta, lam=10.0, steps=3,
+                                lr=0.1, **options)
+    assert float((got - loop).norm() / loop.norm()) < 1e-10
+
+
+def test_batched_arguments():
+    tasks, theta = cnn_tasks(n_way=5, k_shot=1, n_tasks=2)
+    bt = BatchedTasks.stack(tasks)
+    with pytest.raises(ValueError, match="method"):
+        batched_meta_gradient("truncated", bt, theta, lam=1.0, steps=1, lr=0.1)
+    with pytest.raises(ValueError, match="lam must be > 0"):
+        batched_meta_gradient("imaml", bt, theta, lam=0.0, steps=1, lr=0.1)
+    with pytest.raises(ValueError, match="same module"):
+        other, _ = cnn_tasks(n_way=5, k_shot=1)
+        BatchedTasks.stack([tasks[0], other[0]])
+
+
+def test_batched_cg_solves_each_row():
+    torch.manual_seed(0)
+    Q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    A = torch.stack([Q @ torch.diag(torch.logspace(0, k, 6, dtype=torch.float64)) @ Q.T
+                     for k in (1, 2, 3)])
+    b = torch.randn(3, 6, dtype=torch.float64)
+    b[1] = 0.0                                       # a zero row is solved at once
+    res = conjugate_gradient(lambda V: torch.einsum("bij,bj->bi", A, V), b, max_iter=30)
+    for i in range(3):
+        single = conjugate_gradient(lambda v: A[i] @ v, b[i], max_iter=30).x
+        torch.testing.assert_close(res.x[i], single, rtol=1e-10, atol=1e-12)
+    assert res.converged
+    A[2] = -A[2]                                     # one indefinite row
+    with pytest.raises(CGBreakdown):
+        conjugate_gradient(lambda V: torch.einsum("bij,bj->bi", A, V), b, max_iter=30)
+    flagged = conjugate_gradient(lambda V: torch.einsum("bij,bj->bi", A, V), b, max_iter=30,
+                                 on_breakdown="return")
+    assert flagged.breakdown and not flagged.converged
+    torch.testing.assert_close(flagged.x[0], res.x[0])   # other rows still solved
