@@ -16,7 +16,6 @@ import sys
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 

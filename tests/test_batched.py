@@ -1,7 +1,6 @@
 """Task-batched meta-gradients equal the per-task loop; batched CG equals per-row CG."""
 import pytest
 import torch
-from torch import nn
 
 from suite import conjugate_gradient, meta_gradient_batch
 from suite.batched import BatchedTasks, batched_meta_gradient

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..methods import meta_gradient_batch
@@ -147,7 +148,6 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, progress=None) -> L
         learner.iteration, learner.elapsed_s = state["iteration"], state["elapsed_s"]
         sampler.rng.bit_generator.state = state["rng_state"]
         if (out / "metrics.csv").exists():
-            import pandas as pd
             rows = pd.read_csv(out / "metrics.csv").to_dict("records")
     start = time.perf_counter() - learner.elapsed_s
     while learner.iteration < cfg.max_iterations and learner.elapsed_s < cfg.budget_s:
@@ -173,7 +173,6 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, progress=None) -> L
 
 
 def _flush(learner, cfg, out, sampler, rows):
-    import pandas as pd
     save(learner, cfg, out, sampler)
     write_csv_atomic(pd.DataFrame(rows), out / "metrics.csv")
 
