@@ -1,7 +1,7 @@
 """Memory meters and timing for one meta-gradient computation.
 
 ``LiveBytes`` is device-independent: a TorchDispatchMode that sees every tensor an operator
-returns, tracks each new storage until a weakref finalizer reports it freed, and keeps the
+returns, tracks each new storage until a weak reference reports it freed, and keeps the
 peak of the sum (the same integer on every run; equal on CPU and GPU for the same dtype and
 shapes, up to kernels that keep different intermediates). Storages that were packed for
 backward (``saved_tensors_hooks``) are tracked as the autograd graph's bytes. Both count only
