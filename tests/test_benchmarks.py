@@ -70,17 +70,33 @@ def test_bench_cnn_20way_5shot(benchmark, cnn, method, options):
     assert torch.isfinite(result.grad).all() and result.grad.shape == theta.shape
 
 
-@pytest.mark.parametrize("impl", ["loop", "vmap"])
-def test_bench_meta_batch_maml(benchmark, impl):
-    """Per-task loop against torch.func.vmap over a meta-batch of 8 (5-way 1-shot CNN);
-    ``python -m suite.peers`` runs the 20-way 5-shot, meta-batch 16 comparison."""
+META_BATCH = {   # device: (n_way, k_shot, tasks, methods); the CUDA case is issue 7's target
+    "cpu": (5, 1, 8, ["maml"]),
+    "cuda": (20, 5, 16, ["maml", "fomaml", "imaml"]),
+}
+META_BATCH_CASES = [
+    pytest.param(device, method, impl, marks=pytest.mark.skipif(
+        device == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"))
+    for device, (*_, methods) in META_BATCH.items() for method in methods
+    for impl in ("loop", "vmap")]
+
+
+@pytest.mark.parametrize("device,method,impl", META_BATCH_CASES)
+def test_bench_meta_batch(benchmark, device, method, impl):
+    """Per-task loop against torch.func.vmap over a meta-batch: 5-way 1-shot, 8 tasks on a CPU;
+    20-way 5-shot, 16 tasks on CUDA. ``python -m suite.peers`` adds higher and torchopt."""
     from suite import meta_gradient_batch
     from suite.batched import BatchedTasks, batched_meta_gradient
-    tasks, theta = cnn_tasks(n_way=5, k_shot=1, n_tasks=8)
+    n_way, k_shot, n_tasks, _ = META_BATCH[device]
+    tasks, theta = cnn_tasks(n_way=n_way, k_shot=k_shot, n_tasks=n_tasks, device=device)
     bt = BatchedTasks.stack(tasks)
-    fns = {"loop": lambda: meta_gradient_batch("maml", tasks, theta, lam=0.0,
-                                               solver=GD(3, 0.1)).grad,
-           "vmap": lambda: batched_meta_gradient("maml", bt, theta, lam=0.0, steps=3, lr=0.1)}
+    lam, steps = (CNN_LAM, CNN_STEPS) if method == "imaml" else (0.0, 3)
+    options = {"cg_steps": 5} if method == "imaml" else {}
+    fns = {"loop": lambda: meta_gradient_batch(method, tasks, theta, lam=lam,
+                                               solver=GD(steps, 0.1), **options).grad,
+           "vmap": lambda: batched_meta_gradient(method, bt, theta, lam=lam, steps=steps,
+                                                 lr=0.1, **options)}
     grad = benchmark.pedantic(fns[impl], rounds=3, warmup_rounds=1)
-    benchmark.extra_info["peak_bytes"] = measure_memory(fns[impl], track_graph=False).peak_bytes
+    mem = measure_memory(fns[impl], device, track_graph=False)
+    benchmark.extra_info.update(peak_bytes=mem.peak_bytes, cuda_peak_bytes=mem.cuda_peak_bytes)
     assert torch.isfinite(grad).all() and grad.shape == theta.shape

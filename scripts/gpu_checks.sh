@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The checks that need a GPU, in one run of under 5 minutes on one H100 / H200:
+#   scripts/gpu_checks.sh OUT_DIR        (PY=python3 by default; the [peers] extra installed)
+# - the CUDA tests (allocator against LiveBytes, vmap against the loop on CUDA, peers);
+# - the meta-batch benchmarks on CUDA (20-way 5-shot, 16 tasks, loop against vmap);
+# - the CNN cost sweep on CUDA (issue 3), every method, 1 to 32 inner steps;
+# - side by side with higher and torchopt, per task and per meta-batch of 16 (issue 7).
+# Every stage runs under its own time limit; a failed stage is reported and the next one runs.
+set -uo pipefail
+out=${1:?usage: scripts/gpu_checks.sh OUT_DIR}
+PY=${PY:-python3}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+failed=0
+stage() {
+    local limit=$1; shift
+    echo "== $* (limit ${limit}s)"
+    local t0=$SECONDS
+    timeout "$limit" "$@"
+    local rc=$?
+    echo "== rc=$rc after $((SECONDS - t0))s"
+    [ $rc -eq 0 ] || failed=1
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+stage 90 $PY -m pytest -q -p no:cacheprovider tests/test_measure.py \
+    tests/test_batched.py tests/test_peers.py tests/test_sweeps.py
+stage 60 $PY -m pytest -q -p no:cacheprovider --benchmark-only -k "meta_batch and cuda" \
+    --benchmark-json "$out/bench_meta_batch_cuda.json" tests/test_benchmarks.py
+stage 90 $PY -m suite.sweeps cost --device cuda --steps 1 2 4 8 16 32 --truncate 5 \
+    --cg-steps 5 --lam 10 --repeats 5 --quiet --out "$out/cost_cnn_20w5s_cuda.csv"
+stage 150 $PY -m suite.peers --device cuda --steps 5 15 25 --batch-steps 5 15 \
+    --meta-batch 16 --repeats 3 --out "$out/peers_cuda.csv" --report "$out/peers_cuda.md"
+exit $failed
