@@ -7,6 +7,7 @@
 # - side by side with higher and torchopt, per task and per meta-batch of 16 (issue 7);
 # - the CNN cost sweep on CUDA (issue 3), every method, 1 to 32 inner steps.
 # Every stage runs under its own time limit; a failed stage is reported and the next one runs.
+# On a copy of the tree without its git history, set SUITE_GIT_COMMIT for the provenance column.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_checks.sh OUT_DIR}
 PY=${PY:-python3}

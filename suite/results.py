@@ -19,8 +19,10 @@ PROVENANCE = ["device", "device_name", "dtype", "threads", "seed", "torch_versio
 def git_commit(cwd: Path | None = None) -> str:
     """HEAD of the checkout this code runs from, '+dirty' when it has uncommitted changes.
 
-    Outside a git checkout (a copy of the tree sent to another machine) it is the
-    ``SUITE_GIT_COMMIT`` environment variable when set, else 'unknown'."""
+    The ``SUITE_GIT_COMMIT`` environment variable, when set, takes its place: a copy of the
+    tree sent to another machine may carry no .git or a stale one. 'unknown' outside git."""
+    if os.environ.get("SUITE_GIT_COMMIT"):
+        return os.environ["SUITE_GIT_COMMIT"]
     cwd = cwd or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, text=True,
@@ -29,7 +31,7 @@ def git_commit(cwd: Path | None = None) -> str:
                                cwd=cwd, text=True, capture_output=True, check=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("SUITE_GIT_COMMIT") or "unknown"
+        return "unknown"
 
 
 def device_name(device) -> str:

@@ -96,13 +96,20 @@ def test_time_call_reports_median_and_iqr():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_live_bytes_agree_with_cuda_allocator():
+@pytest.mark.parametrize("method,options,cudnn", [
+    ("maml", {}, True), ("maml", {}, False), ("fomaml", {}, False),
+    ("truncated", {"truncate": 2}, False), ("imaml", {"cg_steps": 5}, False)])
+def test_live_bytes_agree_with_cuda_allocator(method, options, cudnn):
     from suite.workloads import cnn_tasks
     tasks, theta = cnn_tasks(n_way=20, k_shot=5, device="cuda")
-    f = measure_memory(lambda: meta_gradient("maml", tasks[0], theta, lam=10.0,
-                                             solver=GD(3, 0.1)), "cuda")
-    # The caching allocator rounds blocks up (512 B minimum) and cuDNN workspaces are not
-    # tensors the meter sees: the issue's 10% band.
+    with torch.backends.cudnn.flags(enabled=cudnn):
+        f = measure_memory(lambda: meta_gradient(method, tasks[0], theta, lam=10.0,
+                                                 solver=GD(3, 0.1), **options), "cuda")
+    # The caching allocator rounds blocks up (512 B minimum) and holds kernels' scratch space,
+    # which no tensor shows: the issue's 10% band (measured on an H200: +3.5% to +4.5%).
+    # cuDNN's convolution workspace is such scratch space, a few MB: with cuDNN, FOMAML's
+    # 21 MB peak reads +23% on the allocator (results/gpu/gpu_checks_h200.log), so the methods
+    # are compared with cuDNN off, and MAML (129 MB) with it on as well.
     assert abs(f.peak_bytes - f.cuda_peak_bytes) <= 0.10 * f.cuda_peak_bytes
 
 
