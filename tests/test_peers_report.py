@@ -1,7 +1,8 @@
 """The side-by-side report's ratios and target verdicts, on a hand-made frame (no peers needed)."""
 import pandas as pd
+import pytest
 
-from suite.peers import report, targets
+from suite.peers import main, report, targets
 
 
 def frame():
@@ -40,3 +41,13 @@ def test_report_lists_every_batched_method():
     md = report(frame(), "results/gpu/peers.csv")
     assert "| fomaml | 5 | 16 | 0.70 (1.4x) | no peer |" in md
     assert "Raw rows: `results/gpu/peers.csv`." in md
+
+
+@pytest.mark.parametrize("argv,name", [(["--meta-batch", "1"], "--meta-batch"),
+                                       (["--steps", "0"], "--steps"),
+                                       (["--batch-steps", "-1"], "--batch-steps"),
+                                       (["--lam", "0"], "--lam")])
+def test_cli_names_the_bad_argument(argv, name, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert name in capsys.readouterr().err
