@@ -26,7 +26,7 @@ from torch.func import functional_call, grad
 from .batched import BatchedTasks, batched_meta_gradient
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient_batch
-from .results import provenance, write_csv_atomic
+from .results import ResultsStore, provenance
 from .solvers import GD
 from .workloads import cnn_tasks
 
@@ -118,8 +118,17 @@ def contenders(tasks, theta, *, steps, lr, lam, cg_steps, batched: bool):
     return out
 
 
+KEY = ["impl", "method", "inner_steps", "meta_batch", "n_way", "k_shot", "lam", "cg_steps",
+       "device"]
+
+
 def run(steps_list, batch_steps, meta_batch, *, n_way=20, k_shot=5, lr=0.1, lam=10.0,
-        cg_steps=5, repeats=2, threads=None, device="cpu", progress=True) -> pd.DataFrame:
+        cg_steps=5, repeats=2, threads=None, device="cpu", out=None,
+        progress=True) -> pd.DataFrame:
+    """Measure every contender at each (inner steps, meta-batch) of the plan; with ``out``,
+    rows are written after each setting and a setting already there is skipped (resume).
+    The contenders of one setting are always measured together, in one interleaved run."""
+    store = ResultsStore(out, KEY, ["time_s", "peak_bytes"]) if out is not None else None
     rows = []
     plan = [(s, 1) for s in steps_list] + [(s, meta_batch) for s in batch_steps]
     for i, (steps, batch) in enumerate(plan):
@@ -127,24 +136,40 @@ def run(steps_list, batch_steps, meta_batch, *, n_way=20, k_shot=5, lr=0.1, lam=
                                  device=device)
         fns = contenders(tasks, theta, steps=steps, lr=lr, lam=lam, cg_steps=cg_steps,
                          batched=batch > 1)
+
+        def key(name):
+            impl, method = name.split("/")
+            return dict(impl=impl, method=method, inner_steps=steps, meta_batch=batch,
+                        n_way=n_way, k_shot=k_shot, lam=lam if method == "imaml" else 0.0,
+                        cg_steps=cg_steps if method == "imaml" else None,
+                        device=str(torch.device(device)))
+        if store is not None and all(store.done(key(name)) for name in fns):
+            if progress:
+                print(f"[{i + 1}/{len(plan)}] steps {steps}, meta-batch {batch}: already in "
+                      f"{out}", file=sys.stderr)
+            continue
         # The memory pass also runs each function once before it is timed (first-call costs).
         memory = {name: measure_memory(fn, device, track_graph=False)
                   for name, fn in fns.items()}
         times = time_calls(fns, repeats=repeats, threads=threads, warmup=0)
         for name, t in times.items():
-            impl, method = name.split("/")
-            rows.append(dict(impl=impl, method=method, inner_steps=steps, meta_batch=batch,
-                             n_way=n_way, k_shot=k_shot, lam=lam if method == "imaml" else 0.0,
-                             cg_steps=cg_steps if method == "imaml" else None,
-                             time_s=t.median_s, time_iqr_s=t.iqr_s,
-                             peak_bytes=memory[name].peak_bytes,
-                             cuda_peak_bytes=memory[name].cuda_peak_bytes,
-                             repeats=repeats, **provenance(device=device, dtype="float32",
-                                                           threads=t.threads, seed=0)))
+            row = dict(key(name), time_s=t.median_s, time_iqr_s=t.iqr_s,
+                       peak_bytes=memory[name].peak_bytes,
+                       cuda_peak_bytes=memory[name].cuda_peak_bytes, repeats=repeats,
+                       **provenance(device=device, dtype="float32", threads=t.threads, seed=0),
+                       status="ok")
+            rows.append(row)
+            if store is not None:
+                store.add(row)
         if progress:
             print(f"[{i + 1}/{len(plan)}] steps {steps}, meta-batch {batch}: " + ", ".join(
                 f"{n} {t.median_s:.2f}s" for n, t in times.items()), file=sys.stderr)
-    return pd.DataFrame(rows)
+    if store is None:
+        return pd.DataFrame(rows)
+    frame = store.read()
+    wanted = pd.Series(list(zip(frame.inner_steps, frame.meta_batch))).isin(plan).to_numpy()
+    return frame[wanted & (frame.n_way == n_way) & (frame.k_shot == k_shot)
+                 & (frame.device == str(torch.device(device)))].reset_index(drop=True)
 
 
 def _ratio(frame, ours, peer, method, col="time_s"):
@@ -246,6 +271,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "peers.csv")
     parser.add_argument("--report", type=Path, default=ROOT / "reports" / "peers.md",
                         help="markdown report to write (default reports/peers.md)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite the report from the rows in --out (no measurement)")
     args = parser.parse_args(argv)
     if args.meta_batch < 2:
         parser.error(f"--meta-batch must be >= 2 (the batched comparison), got {args.meta_batch}")
@@ -254,13 +281,18 @@ def main(argv=None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.lam > 0:
         parser.error(f"--lam must be > 0 (iMAML), got {args.lam}")
-    require_peers()
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: no CUDA device is available on this machine")
-    frame = run(args.steps, args.batch_steps, args.meta_batch, n_way=args.n_way,
-                k_shot=args.k_shot, lam=args.lam, repeats=args.repeats,
-                threads=args.threads, device=args.device)
-    write_csv_atomic(frame, args.out)
+    if args.report_only:
+        if not args.out.exists():
+            parser.error(f"--report-only: {args.out} does not exist")
+        frame = ResultsStore(args.out, KEY, []).read()
+    else:
+        require_peers()
+        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit(f"--device {args.device}: no CUDA device is available on this "
+                             "machine")
+        frame = run(args.steps, args.batch_steps, args.meta_batch, n_way=args.n_way,
+                    k_shot=args.k_shot, lam=args.lam, repeats=args.repeats,
+                    threads=args.threads, device=args.device, out=args.out)
     try:
         source = args.out.resolve().relative_to(ROOT)
     except ValueError:

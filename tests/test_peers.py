@@ -1,4 +1,5 @@
 """Agreement with peer libraries (optional extra [peers]: higher, torchopt), float64."""
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -39,3 +40,19 @@ def test_imaml_equals_torchopt_custom_root():
                                   rtol=1e-14)
     # Both CG solves converge to ~1e-14 on this 2061-parameter system.
     assert float((ours - theirs).norm() / ours.norm()) <= 1e-9
+
+
+def test_side_by_side_rows_are_written_per_setting_and_resumed(tmp_path, monkeypatch):
+    out = tmp_path / "peers.csv"
+    args = dict(steps_list=[1], batch_steps=[1], meta_batch=2, n_way=5, k_shot=5, lam=1000.0,
+                repeats=1, out=out, progress=False)
+    first = peers.run(**args)
+    assert set(first.impl) == {"ours", "higher", "torchopt", "ours-vmap"}
+    assert len(first) == 4 + 8 and (first.status == "ok").all()
+
+    def no_timing(*a, **k):
+        raise AssertionError("a finished setting was measured again")
+    monkeypatch.setattr(peers, "time_calls", no_timing)
+    again = peers.run(**args)
+    pd.testing.assert_frame_equal(again, first)
+    assert "| 1 | 2 |" in peers.report(again)

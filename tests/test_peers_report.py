@@ -51,3 +51,13 @@ def test_cli_names_the_bad_argument(argv, name, capsys):
     with pytest.raises(SystemExit):
         main(argv)
     assert name in capsys.readouterr().err
+
+
+def test_report_only_rewrites_the_report_from_the_rows(tmp_path, capsys):
+    csv, md = tmp_path / "peers.csv", tmp_path / "peers.md"
+    frame().to_csv(csv, index=False)
+    assert main(["--report-only", "--out", str(csv), "--report", str(md)]) == 0
+    assert md.read_text() == report(frame(), str(csv))
+    with pytest.raises(SystemExit):
+        main(["--report-only", "--out", str(tmp_path / "none.csv")])
+    assert "does not exist" in capsys.readouterr().err
