@@ -61,22 +61,30 @@ def _inner_gd(bt: BatchedTasks, theta, xs, ys, *, lam, steps, lr):
 
 
 def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *, lam: float,
-                          steps: int, lr: float, cg_steps: int = 5) -> torch.Tensor:
-    """The mean meta-gradient over the meta-batch (see the module docstring)."""
+                          steps: int, lr: float, cg_steps: int = 5,
+                          chunk_size: int | None = None) -> torch.Tensor:
+    """The mean meta-gradient over the meta-batch (see the module docstring).
+
+    ``chunk_size`` tasks at a time (``torch.func.vmap``'s own option; default: all at once)
+    trades time for memory: MAML holds the graphs of one chunk, not of the whole meta-batch.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     steps, lr = check_int("steps", steps), check_float("lr", lr, 0.0)
     lam = check_float("lam", lam, 0.0, low_open=False)
     if method == "imaml" and lam <= 0:
         raise ValueError(f"lam must be > 0 for 'imaml', got {lam}")
+    if chunk_size is not None:
+        chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     theta = theta.detach()
     inner = lambda th, xs, ys: _inner_gd(bt, th, xs, ys, lam=lam, steps=steps, lr=lr)  # noqa
     if method == "maml":
         def one(th, xs, ys, xq, yq):
             return grad(lambda t: bt.task_loss(inner(t, xs, ys), xq, yq))(th)
-        return vmap(one, in_dims=(None, 0, 0, 0, 0))(theta, bt.xs, bt.ys, bt.xq, bt.yq).mean(0)
-    phi = vmap(inner, in_dims=(None, 0, 0))(theta, bt.xs, bt.ys).detach()
-    v = vmap(grad(bt.task_loss))(phi, bt.xq, bt.yq)
+        return vmap(one, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk_size)(
+            theta, bt.xs, bt.ys, bt.xq, bt.yq).mean(0)
+    phi = vmap(inner, in_dims=(None, 0, 0), chunk_size=chunk_size)(theta, bt.xs, bt.ys).detach()
+    v = vmap(grad(bt.task_loss), chunk_size=chunk_size)(phi, bt.xq, bt.yq)
     if method == "fomaml":
         return v.mean(0)
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
@@ -85,6 +93,6 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
         return jvp(lambda q: grad(bt.task_loss)(q, xs, ys), (p,), (u,))[1]
 
     def matvec(U):
-        return U + vmap(hvp)(phi, U, bt.xs, bt.ys) / lam
+        return U + vmap(hvp, chunk_size=chunk_size)(phi, U, bt.xs, bt.ys) / lam
 
     return conjugate_gradient(matvec, v, max_iter=cg_steps).x.mean(0)

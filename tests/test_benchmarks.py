@@ -78,13 +78,14 @@ META_BATCH_CASES = [
     pytest.param(device, method, impl, marks=pytest.mark.skipif(
         device == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"))
     for device, (*_, methods) in META_BATCH.items() for method in methods
-    for impl in ("loop", "vmap")]
+    for impl in ("loop", "vmap", "vmap-chunk2")]
 
 
 @pytest.mark.parametrize("device,method,impl", META_BATCH_CASES)
 def test_bench_meta_batch(benchmark, device, method, impl):
-    """Per-task loop against torch.func.vmap over a meta-batch: 5-way 1-shot, 8 tasks on a CPU;
-    20-way 5-shot, 16 tasks on CUDA. ``python -m suite.peers`` adds higher and torchopt."""
+    """Per-task loop against torch.func.vmap over a meta-batch, all tasks at once or two at a
+    time (chunk_size=2): 5-way 1-shot, 8 tasks on a CPU; 20-way 5-shot, 16 tasks on CUDA.
+    ``python -m suite.peers`` adds higher and torchopt."""
     from suite import meta_gradient_batch
     from suite.batched import BatchedTasks, batched_meta_gradient
     n_way, k_shot, n_tasks, _ = META_BATCH[device]
@@ -95,7 +96,9 @@ def test_bench_meta_batch(benchmark, device, method, impl):
     fns = {"loop": lambda: meta_gradient_batch(method, tasks, theta, lam=lam,
                                                solver=GD(steps, 0.1), **options).grad,
            "vmap": lambda: batched_meta_gradient(method, bt, theta, lam=lam, steps=steps,
-                                                 lr=0.1, **options)}
+                                                 lr=0.1, **options),
+           "vmap-chunk2": lambda: batched_meta_gradient(method, bt, theta, lam=lam, steps=steps,
+                                                        lr=0.1, chunk_size=2, **options)}
     grad = benchmark.pedantic(fns[impl], rounds=3, warmup_rounds=1)
     mem = measure_memory(fns[impl], device, track_graph=False)
     benchmark.extra_info.update(peak_bytes=mem.peak_bytes, cuda_peak_bytes=mem.cuda_peak_bytes)
