@@ -285,6 +285,8 @@ def main(argv=None) -> int:
         if not args.out.exists():
             parser.error(f"--report-only: {args.out} does not exist")
         frame = ResultsStore(args.out, KEY, []).read()
+        if frame.empty:
+            parser.error(f"--report-only: {args.out} holds no rows")
     else:
         require_peers()
         if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():

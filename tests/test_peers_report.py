@@ -61,3 +61,7 @@ def test_report_only_rewrites_the_report_from_the_rows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--report-only", "--out", str(tmp_path / "none.csv")])
     assert "does not exist" in capsys.readouterr().err
+    frame().iloc[:0].to_csv(csv, index=False)
+    with pytest.raises(SystemExit):
+        main(["--report-only", "--out", str(csv), "--report", str(md)])
+    assert "holds no rows" in capsys.readouterr().err
