@@ -7,8 +7,9 @@ the per-task computation over that axis, so each layer runs once on all tasks' d
 loop of ``suite.meta_gradient`` up to float rounding; the returned gradient is the mean.
 
 Inner loop: ``steps`` of GD at ``lr`` on G = L_train + lam/2 |phi - theta|^2 from theta.
-iMAML's CG runs ``cg_steps`` iterations on all tasks together (``conjugate_gradient`` with
-one row per task), its HVPs forward-over-reverse.
+iMAML's CG runs ``cg_steps`` iterations on all tasks together (``solve_implicit`` with one
+row per task), its Hessian products forward-over-reverse; ``curvature``, ``on_breakdown`` and
+``linear_solver`` are those of ``suite.meta_gradient("imaml", ...)``.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
-from .linalg import conjugate_gradient
-from .solvers import check_float, check_int
+from .curvature import Curvature, gauss_newton_at
+from .linalg import check_implicit_options, solve_implicit
+from .checks import check_float, check_int
 from .tasks import ModuleTask
 
 METHODS = ("maml", "fomaml", "imaml")
@@ -49,8 +51,11 @@ class BatchedTasks:
     def size(self) -> int:
         return self.xs.shape[0]
 
+    def outputs(self, phi, x):
+        return functional_call(self.module, self._layout.unflatten(phi), (x,))
+
     def task_loss(self, phi, x, y):
-        return self.loss(functional_call(self.module, self._layout.unflatten(phi), (x,)), y)
+        return self.loss(self.outputs(phi, x), y)
 
 
 def _inner_gd(bt: BatchedTasks, theta, xs, ys, *, lam, steps, lr):
@@ -62,7 +67,8 @@ def _inner_gd(bt: BatchedTasks, theta, xs, ys, *, lam, steps, lr):
 
 def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *, lam: float,
                           steps: int, lr: float, cg_steps: int = 5,
-                          chunk_size: int | None = None) -> torch.Tensor:
+                          chunk_size: int | None = None, curvature="hessian",
+                          on_breakdown: str = "raise", linear_solver: str = "cg") -> torch.Tensor:
     """The mean meta-gradient over the meta-batch (see the module docstring).
 
     ``chunk_size`` tasks at a time (``torch.func.vmap``'s own option; default: all at once)
@@ -88,11 +94,15 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
     if method == "fomaml":
         return v.mean(0)
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
+    check_implicit_options(on_breakdown, linear_solver)
+    curvature = Curvature.parse(curvature)
 
-    def hvp(p, u, xs, ys):
+    def product(p, u, xs, ys):
+        if curvature.needs_outputs:
+            return gauss_newton_at(lambda q: bt.outputs(q, xs), lambda o: bt.loss(o, ys), p,
+                                   with_grad=False)[1](u)
         return jvp(lambda q: grad(bt.task_loss)(q, xs, ys), (p,), (u,))[1]
 
-    def matvec(U):
-        return U + vmap(hvp, chunk_size=chunk_size)(phi, U, bt.xs, bt.ys) / lam
-
-    return conjugate_gradient(matvec, v, max_iter=cg_steps).x.mean(0)
+    batch_product = lambda U: vmap(product, chunk_size=chunk_size)(phi, U, bt.xs, bt.ys)  # noqa
+    return solve_implicit(curvature.system(batch_product, lam), v, max_iter=cg_steps,
+                          on_breakdown=on_breakdown, linear_solver=linear_solver).x.mean(0)

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from suite import claims, table1  # noqa: E402
+from suite.checks import check_device  # noqa: E402
 from suite.results import ResultsStore  # noqa: E402
 from suite.sweeps import cost_points, error_points, hvp_cost, run_sweep  # noqa: E402
 from suite.workloads import synthetic_workload  # noqa: E402
@@ -214,8 +215,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: no CUDA device is available on this machine")
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

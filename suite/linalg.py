@@ -1,10 +1,19 @@
-"""Conjugate gradient and Hessian-vector products, written once for iMAML and Newton-CG."""
+"""Linear algebra written once for iMAML, Newton-CG and the batched path: conjugate gradient,
+Hessian-vector products, and the implicit solve with its breakdown policies.
+
+A linear solver is ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> CGResult`` for a
+symmetric operator ``matvec(v) = A v`` (see ``LINEAR_SOLVERS``).
+"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+CG_MODES = ("raise", "return", "continue")
 
 
 class CGBreakdown(ArithmeticError):
@@ -12,46 +21,71 @@ class CGBreakdown(ArithmeticError):
 
     def __init__(self, iteration: int, curvature: float):
         self.iteration, self.curvature = iteration, curvature
-        super().__init__(
-            f"conjugate gradient broke down at iteration {iteration}: p^T A p = {curvature:.3e} "
-            "<= 0, the matrix is not positive definite (for iMAML: lam is too small for the "
-            "negative curvature of the training loss; increase lam)")
+        what = ("the operator returned a non-finite value" if not math.isfinite(curvature) else
+                "the matrix is not positive definite (for iMAML: lam is too small for the "
+                "negative curvature of the training loss; increase lam, or choose a positive "
+                "semi-definite curvature such as 'gauss-newton')")
+        super().__init__(f"conjugate gradient broke down at iteration {iteration}: "
+                         f"p^T A p = {curvature:.3e}; {what}")
 
 
 @dataclass
 class CGResult:
-    """Invariant: ``residual == |b - A x| / |b|`` (from the recurrence) after ``iterations``."""
+    """Invariant: ``residual == |b - A x| / |b|`` (from the recurrence, the worst row) after
+    ``iterations``; ``converged`` means every row reached ``tol`` and none stopped early.
+
+    ``breakdown``: some row met p^T A p <= 0 (at ``breakdown_iteration``, the first such
+    iteration). ``min_curvature``: the smallest Rayleigh quotient p^T A p / |p|^2 met, a
+    bound from above on A's smallest eigenvalue. ``row_iterations``: the iterations each row
+    took (a row that stopped at 0 still holds x = 0). ``fallback``: rows whose x was replaced
+    by b (the first-order direction) by ``solve_implicit``.
+    """
 
     x: torch.Tensor
     iterations: int
     residual: float
     converged: bool
     breakdown: bool = False
+    breakdown_iteration: int | None = None
+    min_curvature: float = math.nan
+    row_iterations: torch.Tensor | None = None
+    row_breakdown: torch.Tensor | None = None
+    fallback: int = 0
 
 
-def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *,
-                       max_iter: int, tol: float | None = None,
-                       on_breakdown: str = "raise") -> CGResult:
-    """Solve A x = b for symmetric positive definite A given only ``matvec(v) = A v``.
-
-    Starts at x = 0 and runs at most ``max_iter`` iterations, stopping once the relative
-    residual |r| / |b| <= ``tol`` (default: 10 x machine epsilon of b's dtype). On
-    breakdown (p^T A p <= 0) it raises ``CGBreakdown``, or with ``on_breakdown="return"``
-    returns the iterate reached so far flagged ``breakdown=True`` (Newton-CG's use).
-
-    A 2-D ``b`` holds independent systems, one per row (``matvec`` acts row by row, as for
-    a meta-batch of tasks): each row stops on its own, ``residual`` is the largest.
-    """
+def _check_common(max_iter, tol, b):
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an integer >= 0, got {max_iter!r}")
-    if on_breakdown not in ("raise", "return"):
-        raise ValueError(f"on_breakdown must be 'raise' or 'return', got {on_breakdown!r}")
     if tol is None:
         tol = 10 * torch.finfo(b.dtype).eps
     elif not (0 <= tol < 1):
         raise ValueError(f"tol must be in [0, 1), got {tol!r}")
     if b.ndim not in (1, 2):
         raise ValueError(f"b must be 1-D (one system) or 2-D (one per row), got {b.ndim}-D")
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError("b (the right-hand side) contains NaN or Inf; a solve of it would "
+                         "return a meaningless x")
+    return tol
+
+
+def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
+                       tol: float | None = None, on_breakdown: str = "raise") -> CGResult:
+    """Solve A x = b for symmetric positive definite A given only ``matvec(v) = A v``.
+
+    Starts at x = 0 and runs at most ``max_iter`` iterations, stopping once the relative
+    residual |r| / |b| <= ``tol`` (default: 10 x machine epsilon of b's dtype). When a
+    direction has p^T A p <= 0 (A is not positive definite), ``on_breakdown`` decides:
+    ``"raise"`` raises ``CGBreakdown``; ``"return"`` stops that row and keeps its iterate
+    (Newton-CG's use); ``"continue"`` steps on through negative curvature as codes without
+    a curvature check do (hypertorch, the official iMAML code), stopping a row only where
+    p^T A p is zero or not finite. A non-finite operator value raises in every mode.
+
+    A 2-D ``b`` holds independent systems, one per row (``matvec`` acts row by row, as for
+    a meta-batch of tasks): each row stops on its own, ``residual`` is the largest.
+    """
+    if on_breakdown not in CG_MODES:
+        raise ValueError(f"on_breakdown must be one of {CG_MODES}, got {on_breakdown!r}")
+    tol = _check_common(max_iter, tol, b)
     batched = b.ndim == 2
     B = b if batched else b[None]
     b_norm = torch.linalg.vector_norm(B, dim=1)
@@ -60,20 +94,30 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
     r, p = B.clone(), B.clone()
     rr = (r * r).sum(1)
     residual = rr.sqrt() / safe_norm
-    broken = torch.zeros_like(b_norm, dtype=torch.bool)
+    stopped = torch.zeros_like(b_norm, dtype=torch.bool)
+    met_negative = torch.zeros_like(stopped)
+    steps = torch.zeros(B.shape[0], dtype=torch.long, device=B.device)
+    first_breakdown, min_curvature = None, math.inf
     k = 0
     while k < max_iter:
-        active = (residual > tol) & ~broken
+        active = (residual > tol) & ~stopped
         if not bool(active.any()):
             break
         Ap = matvec(p if batched else p[0]).reshape(B.shape)
         curvature = (p * Ap).sum(1)
-        bad = active & ~(curvature > 0)            # ~(c > 0) also catches NaN
+        if not bool(torch.isfinite(curvature[active]).all()):
+            raise CGBreakdown(k, float(curvature[active & ~torch.isfinite(curvature)][0]))
+        quotient = curvature / (p * p).sum(1).clamp_min(torch.finfo(B.dtype).tiny)
+        min_curvature = min(min_curvature, float(quotient[active].min()))
+        bad = active & ~(curvature > 0)
         if bool(bad.any()):
             if on_breakdown == "raise":
                 raise CGBreakdown(k, float(curvature[bad][0]))
-            broken |= bad
-            active &= ~bad
+            first_breakdown = k if first_breakdown is None else first_breakdown
+            met_negative |= bad
+            halt = bad if on_breakdown == "return" else active & (curvature == 0)
+            stopped |= halt
+            active &= ~halt
             if not bool(active.any()):
                 break
         alpha = torch.where(active, rr / torch.where(active, curvature, 1.0), 0.0)
@@ -84,14 +128,78 @@ def conjugate_gradient(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.
         p = torch.where(active[:, None], r + beta[:, None] * p, p)
         rr = torch.where(active, rr_new, rr)
         residual = torch.where(active, rr.sqrt() / safe_norm, residual)
+        steps += active.long()
         k += 1
     worst = float(residual.max())
-    return CGResult(x if batched else x[0], k, worst,
-                    worst <= tol and not bool(broken.any()), bool(broken.any()))
+    return CGResult(x if batched else x[0], k, worst, worst <= tol and not bool(stopped.any()),
+                    bool(met_negative.any()), first_breakdown,
+                    min_curvature if math.isfinite(min_curvature) else math.nan,
+                    steps if batched else steps[0],
+                    met_negative if batched else met_negative[0])
+
+
+def normal_equations_cg(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
+                        tol: float | None = None, on_breakdown: str = "raise") -> CGResult:
+    """CG on the normal equations A^T A x = A^T b of a symmetric A, i.e. A^2 x = A b.
+
+    A^2 is positive semi-definite whatever A's curvature, so CG never meets negative
+    curvature (torchopt's iMAML example solves this system); the price is two products
+    per iteration plus one for A b, and the condition number squared. ``residual`` is the
+    normal equations' own, |A b - A^2 x| / |A b|.
+    """
+    _check_common(max_iter, tol, b)
+    return conjugate_gradient(lambda v: matvec(matvec(v)), matvec(b), max_iter=max_iter,
+                              tol=tol, on_breakdown=on_breakdown)
+
+
+LINEAR_SOLVERS: dict[str, Callable[..., CGResult]] = {
+    "cg": conjugate_gradient,
+    "normal-cg": normal_equations_cg,
+}
+"""name -> ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> CGResult``."""
+
+BREAKDOWN_POLICIES = {
+    "raise": "raise CGBreakdown (the default: a non-positive-definite system is an error)",
+    "keep": "keep the CG iterate reached before the breakdown; a task whose CG broke at its "
+            "first iteration (x = 0) gets the first-order direction instead",
+    "first-order": "a task whose CG broke down gets the first-order direction v (FOMAML's)",
+    "continue": "no curvature check: CG steps on through negative curvature (hypertorch and "
+                "the official iMAML code do this)",
+}
+
+
+def check_implicit_options(on_breakdown: str, linear_solver: str) -> None:
+    if on_breakdown not in BREAKDOWN_POLICIES:
+        raise ValueError(f"on_breakdown must be one of {sorted(BREAKDOWN_POLICIES)}, "
+                         f"got {on_breakdown!r}")
+    if linear_solver not in LINEAR_SOLVERS:
+        raise ValueError(f"linear_solver must be one of {sorted(LINEAR_SOLVERS)}, "
+                         f"got {linear_solver!r}")
+
+
+def solve_implicit(matvec: Matvec, v: torch.Tensor, *, max_iter: int,
+                   tol: float | None = None, on_breakdown: str = "raise",
+                   linear_solver: str = "cg") -> CGResult:
+    """Solve the implicit system A g = v (one row per task for a 2-D ``v``) with the named
+    linear solver and breakdown policy (``BREAKDOWN_POLICIES``).
+
+    Never returns a zero row because the solver stopped at its first iteration: such a row
+    gets v itself (the first-order direction), counted in ``fallback``.
+    """
+    check_implicit_options(on_breakdown, linear_solver)
+    mode = {"keep": "return", "first-order": "return"}.get(on_breakdown, on_breakdown)
+    result = LINEAR_SOLVERS[linear_solver](matvec, v, max_iter=max_iter, tol=tol,
+                                           on_breakdown=mode)
+    replace = (result.row_breakdown if on_breakdown == "first-order"
+               else result.row_iterations == 0) & (torch.linalg.vector_norm(v, dim=-1) > 0)
+    if bool(replace.any()):
+        x = torch.where(replace[..., None], v, result.x) if v.ndim == 2 else v.clone()
+        result.x, result.fallback = x, int(replace.sum())
+    return result
 
 
 def hvp_at(loss_fn: Callable[[torch.Tensor], torch.Tensor], phi: torch.Tensor
-           ) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+           ) -> tuple[torch.Tensor, Matvec]:
     """The gradient of ``loss_fn`` at ``phi`` and a function ``v -> H v`` for its Hessian.
 
     Reverse-over-reverse: the gradient's graph is built once and kept, so each product is

@@ -13,35 +13,71 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from .linalg import conjugate_gradient, hvp_at
-from .solvers import InnerProblem, backtracking_step, check_float, check_int
-from .tasks import check_finite, num_parameters
+from .curvature import Curvature, gauss_newton_at
+from .linalg import check_implicit_options, hvp_at, solve_implicit
+from .checks import check_finite, check_float, check_int
+from .solvers import InnerProblem, backtracking_step
+from .tasks import num_parameters
 
 EXACT_MAX_DIM = 4096
 """Largest parameter count for ``"exact"`` (it forms the dense Hessian: d^2 entries)."""
 
 
+def _stat(default, combine: str):
+    return field(default=default, metadata={"combine": combine})
+
+
+def _finite(values):
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+_COMBINE = {
+    "sum": sum,
+    "max": lambda vs: max(_finite(vs), default=math.nan),
+    "min": lambda vs: min(_finite(vs), default=math.nan),
+    "mean": lambda vs: sum(_finite(vs)) / len(_finite(vs)) if _finite(vs) else math.nan,
+    "first-int": lambda vs: min((v for v in vs if v is not None), default=None),
+    "all": lambda vs: (all(v for v in vs if v is not None)
+                       if any(v is not None for v in vs) else None),
+    "same": lambda vs: vs[0] if len(set(vs)) == 1 else "mixed",
+}
+
+
 @dataclass
 class Stats:
-    inner_steps: int = 0
-    grad_evals: int = 0
-    hvps: int = 0
-    loss_evals: int = 0
-    cg_iterations: int = 0          # of the meta-gradient's CG solve (iMAML)
-    inner_cg_iterations: int = 0    # of the inner solver's own CG (Newton-CG)
-    cg_residual: float = math.nan   # final relative residual |b - A g| / |b| (iMAML)
-    cg_converged: bool | None = None
-    cg_breakdown: bool = False      # only with on_breakdown="return"; otherwise it raises
-    inner_converged: bool | None = None
-    inner_message: str = ""
-    wall_time_s: float = 0.0
+    """Work counts and diagnostics of one meta-gradient; ``Stats.combine`` merges those of
+    a meta-batch field by field, each by the rule it declares (sum, max, min, mean, ...)."""
 
-    def as_dict(self) -> dict:
-        return asdict(self)
+    inner_steps: int = _stat(0, "sum")
+    grad_evals: int = _stat(0, "sum")
+    hvps: int = _stat(0, "sum")
+    loss_evals: int = _stat(0, "sum")
+    cg_iterations: int = _stat(0, "sum")          # of the meta-gradient's solve (iMAML)
+    inner_cg_iterations: int = _stat(0, "sum")    # of the inner solver's own CG (Newton-CG)
+    cg_residual: float = _stat(math.nan, "max")   # final relative residual (iMAML)
+    cg_converged: bool | None = _stat(None, "all")
+    cg_policy: str = _stat("", "same")            # the breakdown policy that ran (iMAML)
+    cg_breakdowns: int = _stat(0, "sum")          # tasks whose solve met p^T A p <= 0
+    cg_breakdown_iteration: int | None = _stat(None, "first-int")   # earliest such iteration
+    cg_min_curvature: float = _stat(math.nan, "min")  # smallest p^T A p / |p|^2 met
+    cg_fallbacks: int = _stat(0, "sum")           # tasks given the first-order direction
+    inner_converged: bool | None = _stat(None, "all")
+    inner_message: str = _stat("", "same")
+    inner_stationarity: float = _stat(math.nan, "mean")  # |grad G(phi)| / |grad G(theta)|
+    wall_time_s: float = _stat(0.0, "sum")
+
+    @property
+    def cg_breakdown(self) -> bool:
+        return self.cg_breakdowns > 0
+
+    @classmethod
+    def combine(cls, parts: list["Stats"]) -> "Stats":
+        return cls(**{f.name: _COMBINE[f.metadata["combine"]]([getattr(p, f.name) for p in parts])
+                      for f in fields(cls)})
 
 
 @dataclass
@@ -118,36 +154,57 @@ def fomaml(task, theta, *, lam, solver):
     return MetaGradient(_test_grad(task, phi), stats, phi)
 
 
-def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="raise"):
-    """Implicit MAML: solve (I + H/lam) g = grad L_test(phi) by CG at the solver's output phi.
+def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="raise",
+          curvature="hessian", linear_solver="cg"):
+    """Implicit MAML: solve (I + H/lam) g = grad L_test(phi) at the solver's output phi.
 
-    Lemma 1 of the paper: at phi = Alg*(theta), dAlg*/dtheta = (I + H/lam)^-1. The CG solve
-    uses ``cg_steps`` iterations at most (stopping early below ``cg_tol``); a budget that
-    leaves a residual is reported in ``stats`` (``cg_converged=False``). A breakdown
-    (negative curvature beyond lam) raises ``CGBreakdown``, or with ``on_breakdown="return"``
-    returns the CG iterate reached before it, flagged ``stats.cg_breakdown=True``.
+    Lemma 1 of the paper: at phi = Alg*(theta), dAlg*/dtheta = (I + H/lam)^-1. The solve uses
+    ``cg_steps`` iterations at most (stopping early below ``cg_tol``) of ``linear_solver``
+    (``suite.linalg.LINEAR_SOLVERS``); a budget that leaves a residual is reported in
+    ``stats`` (``cg_converged=False``). ``curvature`` (a name or ``suite.curvature.Curvature``)
+    replaces H: "hessian" (the paper), "gauss-newton", "damped", "official". A breakdown
+    (p^T A p <= 0) is handled by ``on_breakdown`` (``suite.linalg.BREAKDOWN_POLICIES``):
+    "raise" (default), "keep", "first-order" or "continue"; ``stats`` records the policy, the
+    iteration and the smallest curvature met, and how many tasks got the first-order direction.
+    ``stats.inner_stationarity`` = |grad G(phi)| / |grad G(theta)|: Lemma 1 assumes 0.
     """
     if lam <= 0:
         raise ValueError(f"lam must be > 0 for 'imaml' (I + H/lam must exist), got {lam}")
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
-    stats = Stats()
+    check_implicit_options(on_breakdown, linear_solver)
+    curvature = Curvature.parse(curvature)
+    if curvature.needs_outputs and not all(
+            callable(getattr(task, a, None)) for a in ("train_outputs", "train_output_loss")):
+        raise TypeError(f"curvature 'gauss-newton' needs the model's outputs: the task must have "
+                        f"train_outputs(phi) and train_output_loss(outputs) (ModuleTask and "
+                        f"LinearRegressionTask do); {type(task).__name__} has not")
+    stats = Stats(cg_policy=on_breakdown)
     problem = InnerProblem(task, theta.detach(), lam)
     phi = _inner(problem, solver, stats).detach()
     v = _test_grad(task, phi)
-    _, hvp = hvp_at(task.train_loss, phi)
-    hvps_before = problem.hvps
+    if curvature.needs_outputs:
+        g_train, product = gauss_newton_at(task.train_outputs, task.train_output_loss, phi)
+    else:
+        g_train, product = hvp_at(task.train_loss, phi)
+    grad_G = g_train + lam * (phi - theta.detach())
+    if problem.grad_norm_at_theta:
+        stats.inner_stationarity = float(torch.linalg.vector_norm(grad_G)) / \
+            problem.grad_norm_at_theta
 
-    def matvec(u):
+    def counted(u):
         problem.hvps += 1
-        return u + hvp(u) / lam
+        return product(u)
 
-    cg = conjugate_gradient(matvec, v, max_iter=cg_steps, tol=cg_tol, on_breakdown=on_breakdown)
-    stats.cg_breakdown = cg.breakdown
-    stats.grad_evals = problem.grad_evals + 1   # + the gradient whose graph gives the HVPs
+    solve = solve_implicit(curvature.system(counted, lam), v, max_iter=cg_steps, tol=cg_tol,
+                           on_breakdown=on_breakdown, linear_solver=linear_solver)
+    stats.grad_evals = problem.grad_evals + 1   # + the gradient whose graph gives the products
     stats.hvps, stats.loss_evals = problem.hvps, problem.loss_evals
-    stats.cg_iterations = problem.hvps - hvps_before
-    stats.cg_residual, stats.cg_converged = cg.residual, cg.converged
-    return MetaGradient(cg.x, stats, phi)
+    stats.cg_iterations = solve.iterations
+    stats.cg_residual, stats.cg_converged = solve.residual, solve.converged
+    stats.cg_breakdowns, stats.cg_fallbacks = int(solve.breakdown), solve.fallback
+    stats.cg_breakdown_iteration, stats.cg_min_curvature = (solve.breakdown_iteration,
+                                                            solve.min_curvature)
+    return MetaGradient(solve.x, stats, phi)
 
 
 def exact(task, theta, *, lam, solver=None, max_newton=100):
@@ -228,9 +285,8 @@ def meta_gradient(method: str, task, theta: torch.Tensor, *, lam: float, solver=
                   **options) -> MetaGradient:
     """The meta-gradient of ``task`` at ``theta`` by ``method`` (see ``METHODS``).
 
-    Options per method: ``truncate`` ("truncated"), ``cg_steps``, ``cg_tol`` and
-    ``on_breakdown`` ("imaml"),
-    ``max_newton`` ("exact"). ``stats.wall_time_s`` covers the whole computation.
+    Options per method: ``truncate`` ("truncated"); ``cg_steps``, ``cg_tol``,
+    ``on_breakdown``, ``curvature`` and ``linear_solver`` ("imaml"); ``max_newton`` ("exact"). ``stats.wall_time_s`` covers the whole computation.
     """
     lam = _validate(method, task, theta, lam, solver)
     start = time.perf_counter()
@@ -249,17 +305,5 @@ def meta_gradient_batch(method: str, tasks, theta: torch.Tensor, *, lam: float, 
     if not tasks:
         raise ValueError("tasks must be a non-empty sequence of tasks")
     results = [meta_gradient(method, t, theta, lam=lam, solver=solver, **options) for t in tasks]
-    total = Stats()
-    for r in results:
-        for name in ("inner_steps", "grad_evals", "hvps", "loss_evals", "cg_iterations",
-                     "inner_cg_iterations", "wall_time_s"):
-            setattr(total, name, getattr(total, name) + getattr(r.stats, name))
-    residuals = [r.stats.cg_residual for r in results if not math.isnan(r.stats.cg_residual)]
-    total.cg_residual = max(residuals) if residuals else math.nan
-    total.cg_breakdown = any(r.stats.cg_breakdown for r in results)
-    flags = [r.stats.cg_converged for r in results if r.stats.cg_converged is not None]
-    total.cg_converged = all(flags) if flags else None
-    flags = [r.stats.inner_converged for r in results if r.stats.inner_converged is not None]
-    total.inner_converged = all(flags) if flags else None
     grad = torch.stack([r.grad for r in results]).mean(0)
-    return MetaGradient(grad, total)
+    return MetaGradient(grad, Stats.combine([r.stats for r in results]))

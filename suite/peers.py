@@ -24,6 +24,7 @@ import torch
 from torch.func import functional_call, grad
 
 from .batched import BatchedTasks, batched_meta_gradient
+from .checks import check_device
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient_batch
 from .results import ResultsStore, provenance
@@ -289,9 +290,7 @@ def main(argv=None) -> int:
             parser.error(f"--report-only: {args.out} holds no rows")
     else:
         require_peers()
-        if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-            raise SystemExit(f"--device {args.device}: no CUDA device is available on this "
-                             "machine")
+        check_device(args.device)
         frame = run(args.steps, args.batch_steps, args.meta_batch, n_way=args.n_way,
                     k_shot=args.k_shot, lam=args.lam, repeats=args.repeats,
                     threads=args.threads, device=args.device, out=args.out)

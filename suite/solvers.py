@@ -14,33 +14,21 @@ import numpy as np
 import scipy.optimize
 import torch
 
+from .checks import check_float, check_int
 from .linalg import conjugate_gradient, hvp_at
 
 
-def check_int(name: str, value, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_float(name: str, value, low: float, high: float = float("inf"), *,
-                low_open: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    ok = (value > low if low_open else value >= low) and value <= high and np.isfinite(value)
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value!r}")
-    return value
-
-
 class InnerProblem:
-    """G(phi) = L_train(phi) + lam/2 |phi - theta|^2 for one task, counting the work done."""
+    """G(phi) = L_train(phi) + lam/2 |phi - theta|^2 for one task, counting the work done.
+
+    ``grad_norm_at_theta``: |grad G| at the first full-batch gradient evaluated; every
+    solver starts at theta, so it is |grad G(theta)|, the scale of inner stationarity.
+    """
 
     def __init__(self, task, theta: torch.Tensor, lam: float):
         self.task, self.theta, self.lam = task, theta, lam
         self.grad_evals = self.hvps = self.loss_evals = 0
+        self.grad_norm_at_theta: float | None = None
 
     def value(self, phi: torch.Tensor) -> float:
         self.loss_evals += 1
@@ -48,16 +36,24 @@ class InnerProblem:
             d = phi - self.theta
             return float(self.task.train_loss(phi) + 0.5 * self.lam * torch.dot(d, d))
 
-    def grad(self, phi: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
-        """grad G(phi); with ``create_graph`` differentiable w.r.t. phi and theta."""
+    def train_grad(self, phi: torch.Tensor, create_graph: bool = False,
+                   index=None) -> torch.Tensor:
+        """grad L_train(phi) (on the training rows ``index`` only, if given); with
+        ``create_graph`` differentiable w.r.t. phi."""
         self.grad_evals += 1
-        theta = self.theta if create_graph else self.theta.detach()
+        task = self.task if index is None else self.task.restricted(index)
         if not create_graph:
             phi = phi.detach().requires_grad_(True)
         with torch.enable_grad():
-            g, = torch.autograd.grad(self.task.train_loss(phi), phi, create_graph=create_graph)
-        g = g + self.lam * (phi - theta)
+            g, = torch.autograd.grad(task.train_loss(phi), phi, create_graph=create_graph)
         return g if create_graph else g.detach()
+
+    def grad(self, phi: torch.Tensor, create_graph: bool = False, index=None) -> torch.Tensor:
+        """grad G(phi); with ``create_graph`` differentiable w.r.t. phi and theta."""
+        theta = self.theta if create_graph else self.theta.detach()
+        g = self.train_grad(phi, create_graph, index) + self.lam * (phi - theta)
+        self._note_first(g, index)
+        return g
 
     def grad_and_hvp(self, phi: torch.Tensor):
         """grad G(phi) and ``v -> (H_train + lam I) v`` (each call counted as one HVP)."""
@@ -68,7 +64,13 @@ class InnerProblem:
             self.hvps += 1
             return hvp(v) + self.lam * v
 
-        return g_train + self.lam * (phi.detach() - self.theta.detach()), matvec
+        g = g_train + self.lam * (phi.detach() - self.theta.detach())
+        self._note_first(g, None)
+        return g, matvec
+
+    def _note_first(self, g, index):
+        if self.grad_norm_at_theta is None and index is None:
+            self.grad_norm_at_theta = float(torch.linalg.vector_norm(g.detach()))
 
 
 @dataclass
@@ -81,7 +83,8 @@ class InnerResult:
 
 
 class IterativeSolver:
-    """Runs ``steps`` iterations; the last ``unroll`` of them keep the graph to theta."""
+    """Runs ``steps`` iterations, then ``finish`` (by default nothing); the last ``unroll``
+    iterations and ``finish`` keep the graph to theta."""
 
     differentiable = True
     steps: int
@@ -102,7 +105,12 @@ class IterativeSolver:
             else:
                 with torch.no_grad():
                     state = self.step(problem, state, False)
+        with torch.enable_grad() if unroll else torch.no_grad():
+            state = self.finish(problem, state, bool(unroll))
         return InnerResult(self.output(state), self.steps)
+
+    def finish(self, problem, state, create_graph):
+        return state
 
 
 class GD(IterativeSolver):
@@ -126,6 +134,26 @@ class GD(IterativeSolver):
         return f"GD(steps={self.steps}, lr={self.lr:g})"
 
 
+class PullBackGD(GD):
+    """The official iMAML code's inner loop: ``steps`` of GD on L_train alone (no proximal
+    term), then one step on lam/2 |phi - theta|^2 alone, phi <- phi - lr lam (phi - theta).
+
+    It does not minimise G; the suite offers it to compare with the published code.
+    """
+
+    def step(self, problem, state, create_graph):
+        phi, = state
+        return (phi - self.lr * problem.train_grad(phi, create_graph),)
+
+    def finish(self, problem, state, create_graph):
+        phi, = state
+        theta = problem.theta if create_graph else problem.theta.detach()
+        return (phi - self.lr * problem.lam * (phi - theta),)
+
+    def __repr__(self):
+        return f"PullBackGD(steps={self.steps}, lr={self.lr:g})"
+
+
 class NesterovAGD(IterativeSolver):
     """Nesterov's accelerated gradient: phi' = y - lr grad G(y), y' = phi' + m (phi' - phi).
 
@@ -136,9 +164,8 @@ class NesterovAGD(IterativeSolver):
     def __init__(self, steps: int, lr: float, momentum: float = 0.9):
         self.steps = check_int("steps", steps)
         self.lr = check_float("lr", lr, 0.0)
-        self.momentum = check_float("momentum", momentum, 0.0, 1.0, low_open=False)
-        if self.momentum == 1.0:
-            raise ValueError("momentum must be in [0, 1), got 1.0")
+        self.momentum = check_float("momentum", momentum, 0.0, 1.0, low_open=False,
+                                    high_open=True)
 
     @classmethod
     def for_condition(cls, steps: int, smoothness: float, kappa: float) -> "NesterovAGD":
@@ -224,6 +251,58 @@ class NewtonCG:
         return f"NewtonCG(steps={self.steps}, cg_steps={self.cg_steps})"
 
 
+class Adam:
+    """Adam on G from theta, on mini-batches of the training data (Reptile's inner loop:
+    Nichol et al. 2018 use beta1 = 0). Fresh moments for every task; mini-batches of
+    ``batch_size`` rows run through shuffled passes over the training rows, drawn from
+    ``rng`` (a ``numpy.random.Generator``; the caller checkpoints its state). Without
+    ``batch_size`` every step uses all rows. Not differentiable.
+    """
+
+    differentiable = False
+
+    def __init__(self, steps: int, lr: float, *, beta1: float = 0.0, beta2: float = 0.999,
+                 eps: float = 1e-8, batch_size: int | None = None, rng=None):
+        self.steps = check_int("steps", steps)
+        self.lr = check_float("lr", lr, 0.0)
+        self.beta1 = check_float("beta1", beta1, 0.0, 1.0, low_open=False, high_open=True)
+        self.beta2 = check_float("beta2", beta2, 0.0, 1.0, low_open=False, high_open=True)
+        self.eps = check_float("eps", eps, 0.0)
+        self.batch_size = None if batch_size is None else check_int("batch_size", batch_size, 1)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+
+    def batches(self, n: int):
+        """``steps`` index arrays of ``batch_size`` rows, passes over a shuffled order."""
+        if self.batch_size is None:
+            return [None] * self.steps
+        order = np.concatenate([self.rng.permutation(n) for _ in range(
+            -(-self.steps * self.batch_size // n))])
+        return [order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+                for i in range(self.steps)]
+
+    def solve(self, problem: InnerProblem, unroll: int = 0) -> InnerResult:
+        if unroll:
+            raise ValueError("Adam is not differentiable here: it cannot be unrolled "
+                             "(use it with 'fomaml' or Reptile)")
+        n = getattr(problem.task, "train_size", None)
+        if self.batch_size is not None and n is None:
+            raise TypeError(f"Adam(batch_size={self.batch_size}) needs a task with train_size "
+                            "and restricted(index) (ModuleTask has them)")
+        phi = problem.theta.detach().clone()
+        m, v = torch.zeros_like(phi), torch.zeros_like(phi)
+        for t, index in enumerate(self.batches(n), start=1):
+            g = problem.grad(phi, index=index)
+            m = self.beta1 * m + (1 - self.beta1) * g
+            v = self.beta2 * v + (1 - self.beta2) * g * g
+            m_hat, v_hat = m / (1 - self.beta1 ** t), v / (1 - self.beta2 ** t)
+            phi = phi - self.lr * m_hat / (v_hat.sqrt() + self.eps)
+        return InnerResult(phi, self.steps)
+
+    def __repr__(self):
+        return (f"Adam(steps={self.steps}, lr={self.lr:g}, beta1={self.beta1:g}, "
+                f"batch_size={self.batch_size})")
+
+
 class ScipyLBFGS:
     """scipy.optimize's L-BFGS-B on float64 numpy copies: an external, non-differentiable
     optimizer. ``converged`` is scipy's own ``success`` flag; its message is kept."""
@@ -259,5 +338,6 @@ class ScipyLBFGS:
         return f"ScipyLBFGS(max_iter={self.max_iter}, tol={self.tol:g})"
 
 
-__all__ = ["InnerProblem", "InnerResult", "GD", "NesterovAGD", "NewtonCG", "ScipyLBFGS",
+__all__ = ["InnerProblem", "InnerResult", "GD", "PullBackGD", "NesterovAGD", "NewtonCG",
+           "Adam", "ScipyLBFGS",
            "backtracking_step"]

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import synthetic
 
+from .checks import check_device
 from .linalg import CGBreakdown, hvp_at
 from .measure import measure_memory, time_call, time_calls
 from .methods import meta_gradient_batch
@@ -230,11 +231,6 @@ def _common_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _check_device(device: str) -> None:
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {device}: no CUDA device is available on this machine")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suite.sweeps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -260,7 +256,7 @@ def main(argv=None) -> int:
     h.add_argument("--repeats", type=int, default=5)
     h.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    _check_device(args.device)
+    check_device(args.device)
     if args.command == "hvp-cost":
         tasks, theta = cnn_tasks(n_way=args.n_way, k_shot=args.k_shot, device=args.device)
         for k, v in hvp_cost(tasks[0], theta, repeats=args.repeats, threads=args.threads).items():

@@ -1,7 +1,14 @@
 """The task protocol, and ``ModuleTask`` which puts an ``nn.Module`` behind it.
 
 A task is any object with ``train_loss(phi)`` and ``test_loss(phi)`` that return scalar
-tensors for a flat 1-D parameter tensor ``phi``. Methods and solvers see nothing else.
+tensors for a flat 1-D parameter tensor ``phi``. Methods and solvers see nothing else, except
+where an option needs more (and says so when a task lacks it):
+
+- ``train_outputs(phi)`` and ``train_output_loss(outputs)``, with
+  ``train_loss(phi) == train_output_loss(train_outputs(phi))``: the model's outputs on the
+  training data, for the Gauss-Newton curvature (``OutputTask``);
+- ``train_size`` and ``restricted(index)``, a task whose training data are the rows
+  ``index`` of this one's: mini-batches for stochastic inner solvers (``suite.solvers.Adam``).
 """
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .checks import check_finite
+
 
 @runtime_checkable
 class Task(Protocol):
@@ -20,11 +29,11 @@ class Task(Protocol):
     def test_loss(self, phi: torch.Tensor) -> torch.Tensor: ...
 
 
-def check_finite(name: str, tensor: torch.Tensor) -> None:
-    if not torch.is_tensor(tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-        raise ValueError(f"{name} contains NaN or Inf; every entry must be finite")
+@runtime_checkable
+class OutputTask(Task, Protocol):
+    def train_outputs(self, phi: torch.Tensor) -> torch.Tensor: ...
+
+    def train_output_loss(self, outputs: torch.Tensor) -> torch.Tensor: ...
 
 
 def _check_pair(name: str, pair) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,9 +80,27 @@ class ModuleTask:
         views = torch.split(phi, self._numels)
         return {n: v.view(s) for n, v, s in zip(self._names, views, self._shapes)}
 
+    def outputs(self, phi: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, self.unflatten(phi), (x,))
+
     def _loss(self, phi: torch.Tensor, data) -> torch.Tensor:
         x, y = data
-        return self.loss(functional_call(self.module, self.unflatten(phi), (x,)), y)
+        return self.loss(self.outputs(phi, x), y)
+
+    def train_outputs(self, phi: torch.Tensor) -> torch.Tensor:
+        return self.outputs(phi, self.support[0])
+
+    def train_output_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.loss(outputs, self.support[1])
+
+    @property
+    def train_size(self) -> int:
+        return self.support[0].shape[0]
+
+    def restricted(self, index) -> "ModuleTask":
+        """The same task with the support rows ``index`` only (a mini-batch)."""
+        x, y = self.support
+        return ModuleTask(self.module, (x[index], y[index]), self.query, self.loss)
 
     def train_loss(self, phi: torch.Tensor) -> torch.Tensor:
         return self._loss(phi, self.support)
@@ -117,6 +144,12 @@ class LinearRegressionTask:
 
     def train_loss(self, phi):
         return self._loss(self.X_train, self.y_train, phi)
+
+    def train_outputs(self, phi):
+        return self.X_train @ phi
+
+    def train_output_loss(self, outputs):
+        return 0.5 * F.mse_loss(outputs, self.y_train)
 
     def test_loss(self, phi):
         return self._loss(self.X_test, self.y_test, phi)

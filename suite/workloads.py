@@ -9,7 +9,7 @@ from torch import nn
 
 import synthetic
 
-from .solvers import check_int
+from .checks import check_int
 from .tasks import LinearRegressionTask, ModuleTask
 
 

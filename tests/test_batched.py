@@ -14,8 +14,10 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("method,options", [("maml", {}), ("fomaml", {}),
-                                            ("imaml", {"cg_steps": 5})])
+@pytest.mark.parametrize("method,options", [
+    ("maml", {}), ("fomaml", {}), ("imaml", {"cg_steps": 5}),
+    ("imaml", {"cg_steps": 4, "curvature": "gauss-newton"}),
+    ("imaml", {"cg_steps": 3, "curvature": "official", "linear_solver": "normal-cg"})])
 def test_batched_equals_per_task_loop(method, options, device):
     # float64, so the two orders of summation agree to ~1e-15 relative; 1e-10 is a wide bound
     # that still catches any task mixed up or dropped (those change the result at O(1)).

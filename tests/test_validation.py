@@ -92,9 +92,14 @@ def test_indefinite_imaml_system_raises():
     theta = torch.ones(3, dtype=torch.float64)
     with pytest.raises(suite.CGBreakdown, match="increase lam"):
         meta_gradient("imaml", Concave(), theta, lam=1.0, solver=GD(0, 0.1))
+    # "keep" with a breakdown at CG's first iteration has no iterate to keep (x = 0): the
+    # task gets the first-order direction grad L_test = ones, never a zero vector.
     flagged = meta_gradient("imaml", Concave(), theta, lam=1.0, solver=GD(0, 0.1),
-                            on_breakdown="return")
+                            on_breakdown="keep")
     assert flagged.stats.cg_breakdown and flagged.stats.cg_converged is False
+    assert flagged.stats.cg_fallbacks == 1 and flagged.stats.cg_breakdown_iteration == 0
+    assert torch.equal(flagged.grad, torch.ones(3, dtype=torch.float64))
+    assert flagged.stats.cg_min_curvature == pytest.approx(-3.0, rel=1e-14)
 
 
 def test_meta_batch_averages(quad):

@@ -1,0 +1,58 @@
+"""Argument validation, in one place: every message names the parameter and the allowed
+range exactly as it is checked."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def check_int(name: str, value, minimum: int = 0, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
+            or (maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    return int(value)
+
+
+def describe_range(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    if math.isinf(high):
+        return f"a finite number {'>' if low_open else '>='} {low:g}"
+    return (f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+
+
+def check_float(name: str, value, low: float, high: float = math.inf, *,
+                low_open: bool = True, high_open: bool = False) -> float:
+    """``value`` as a float if it is a finite real number in the stated range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    ok = (math.isfinite(value) and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
+    if not ok:
+        raise ValueError(f"{name} must be {describe_range(low, high, low_open, high_open)}, "
+                         f"got {value!r}")
+    return value
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> None:
+    if not torch.is_tensor(tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} contains NaN or Inf; every entry must be finite")
+
+
+def check_device(device: str, flag: str = "--device") -> torch.device:
+    """The torch device named ``device``, refused with a message (not a traceback) when it
+    is not a device name or names a CUDA device this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SystemExit(f"{flag} {device}: not a torch device name; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{flag} {device}: no CUDA device is available on this machine "
+                         "(install a CUDA build of torch on a GPU machine, see the README)")
+    if dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"{flag} {device}: only cpu and cuda devices are supported")
+    return dev
