@@ -21,8 +21,9 @@ from .linalg import conjugate_gradient, hvp_at
 class InnerProblem:
     """G(phi) = L_train(phi) + lam/2 |phi - theta|^2 for one task, counting the work done.
 
-    ``grad_norm_at_theta``: |grad G| at the first full-batch gradient evaluated; every
-    solver starts at theta, so it is |grad G(theta)|, the scale of inner stationarity.
+    ``grad_norm_at_theta``: |grad L_train| at the first full-batch gradient evaluated; every
+    solver starts at theta, where grad L_train = grad G, so it is |grad G(theta)|, the scale
+    of inner stationarity.
     """
 
     def __init__(self, task, theta: torch.Tensor, lam: float):
@@ -46,14 +47,13 @@ class InnerProblem:
             phi = phi.detach().requires_grad_(True)
         with torch.enable_grad():
             g, = torch.autograd.grad(task.train_loss(phi), phi, create_graph=create_graph)
+        self._note_first(g, index)   # at theta, grad L_train = grad G
         return g if create_graph else g.detach()
 
     def grad(self, phi: torch.Tensor, create_graph: bool = False, index=None) -> torch.Tensor:
         """grad G(phi); with ``create_graph`` differentiable w.r.t. phi and theta."""
         theta = self.theta if create_graph else self.theta.detach()
-        g = self.train_grad(phi, create_graph, index) + self.lam * (phi - theta)
-        self._note_first(g, index)
-        return g
+        return self.train_grad(phi, create_graph, index) + self.lam * (phi - theta)
 
     def grad_and_hvp(self, phi: torch.Tensor):
         """grad G(phi) and ``v -> (H_train + lam I) v`` (each call counted as one HVP)."""
@@ -64,9 +64,8 @@ class InnerProblem:
             self.hvps += 1
             return hvp(v) + self.lam * v
 
-        g = g_train + self.lam * (phi.detach() - self.theta.detach())
-        self._note_first(g, None)
-        return g, matvec
+        self._note_first(g_train, None)
+        return g_train + self.lam * (phi.detach() - self.theta.detach()), matvec
 
     def _note_first(self, g, index):
         if self.grad_norm_at_theta is None and index is None:

@@ -1,8 +1,15 @@
-"""Omniglot few-shot pipeline: download, train, evaluate, and a measured Table 2.
+"""Omniglot few-shot pipeline: download, train a recipe, Table 2 and the iMAML variants.
 
-    python -m suite.omniglot download --root data/omniglot
-    python -m suite.omniglot train --method imaml-gd --data small --minutes 5
-    python -m suite.omniglot table2 --data small --minutes 4     # every method, then the table
+    python -m suite.omniglot recipes                          # the registry, one entry each
+    python -m suite.omniglot train --recipe imaml-gn --iterations 300
+    python -m suite.omniglot table2                            # Table 2's recipes, then the table
+    python -m suite.omniglot variants                          # every iMAML variant, the report
+    python -m suite.omniglot download --root data/omniglot     # the full archives (network)
+
+Recipes are compared at an equal number of outer iterations (``--iterations``, default 300);
+``--minutes`` adds a wall-clock budget per recipe. On 2 CPU cores at meta-batch 8, 5-way
+1-shot, one iteration takes about 0.5 s (first-order MAML) to 2 s (MAML, iMAML-HF): ``table2``
+runs about 40 minutes, ``variants`` about 90.
 
 ``--data small`` reads the two small archives (default: ../shared/data/omniglot): small1
 for meta-training, the characters of small2 that small1 lacks for meta-testing.
@@ -13,121 +20,133 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, fields
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
+from ..checks import check_device
 from ..results import ResultsStore
-from . import data
-from .train import METHODS, TrainConfig, evaluate, train
+from . import data, recipes, report
+from .train import TrainConfig, evaluate, run_provenance, train
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data" / "omniglot"
 CACHE = ROOT / ".cache" / "omniglot"
-PAPER = {  # Table 2 of the paper (accuracy %, 5w1s / 5w5s / 20w1s / 20w5s)
-    "maml": ("MAML", [98.7, 99.9, 95.8, 98.9]),
-    "fomaml": ("first-order MAML", [98.3, 99.2, 89.4, 97.9]),
-    "reptile": ("Reptile", [97.68, 99.48, 89.43, 97.12]),
-    "imaml-gd": ("iMAML, GD", [99.16, 99.67, 94.46, 98.69]),
-    "imaml-hf": ("iMAML, Hessian-free", [99.50, 99.74, 96.18, 99.14]),
-    "truncated": ("truncated backprop", None),
-    "untrained": ("untrained θ (reference)", None),
-}
-SETTINGS = {(5, 1): 0, (5, 5): 1, (20, 1): 2, (20, 5): 3}
+KEY = ["recipe", "setting", "iterations_asked", "recipe_spec"]
 
 
 def load_split(args):
+    root = Path(args.root) if args.root else (SHARED if args.data == "small" else
+                                              Path("data/omniglot"))
+    names = data.SMALL if args.data == "small" else data.STANDARD
+    missing = [n for n in names if not ((root / f"{n}.zip").exists() or (root / n).exists())]
+    if missing:
+        fetch = ("python -m suite.omniglot download --root " + str(root)) if args.data == "full" \
+            else "the small archives ship in ../shared/data/omniglot beside the checkout"
+        raise SystemExit(f"--data {args.data}: {', '.join(m + '.zip' for m in missing)} not found "
+                         f"in {root} (--root). Get them with: {fetch}")
     if args.data == "small":
-        return data.small_split(Path(args.root or SHARED), CACHE)
-    return data.standard_split(Path(args.root or "data/omniglot"), CACHE, seed=args.split_seed)
+        return data.small_split(root, CACHE)
+    return data.standard_split(root, CACHE, seed=args.split_seed)
 
 
-def config_from(args, method) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-              if getattr(args, f.name, None) is not None}
-    values["method"] = method
-    values["budget_s"] = args.minutes * 60
-    return TrainConfig(**values)
+def config_from(args, recipe: str) -> TrainConfig:
+    values = {name: getattr(args, name) for name in (
+        "n_way", "k_shot", "k_query", "inner_steps", "inner_lr", "cg_steps", "meta_batch",
+        "outer_lr", "eval_tasks", "seed", "device") if getattr(args, name, None) is not None}
+    values["max_iterations"] = args.iterations
+    values["budget_s"] = args.minutes * 60 if args.minutes else float("inf")
+    return TrainConfig(recipe, **values)
 
 
 def add_training_args(p):
-    p.add_argument("--data", choices=["small", "full"], default="small")
-    p.add_argument("--root", default=None, help="folder with the archives")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the full 1200/423 split")
-    p.add_argument("--n-way", dest="n_way", type=int, default=5)
-    p.add_argument("--k-shot", dest="k_shot", type=int, default=1)
-    p.add_argument("--k-query", dest="k_query", type=int, default=None)
-    p.add_argument("--inner-steps", dest="inner_steps", type=int, default=None)
-    p.add_argument("--inner-lr", dest="inner_lr", type=float, default=None)
-    p.add_argument("--lam", type=float, default=None, help="iMAML regularisation (paper: 2.0)")
-    p.add_argument("--cg-steps", dest="cg_steps", type=int, default=None)
-    p.add_argument("--meta-batch", dest="meta_batch", type=int, default=None)
-    p.add_argument("--outer-lr", dest="outer_lr", type=float, default=None)
-    p.add_argument("--max-iterations", dest="max_iterations", type=int, default=None)
-    p.add_argument("--minutes", type=float, default=5.0, help="training budget per method")
-    p.add_argument("--eval-tasks", dest="eval_tasks", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "omniglot")
+    defaults = TrainConfig("maml")
+    p.add_argument("--data", choices=["small", "full"], default="small",
+                   help="the small shared archives or the full standard ones (default: small)")
+    p.add_argument("--root", default=None, help="folder with the archives (default: "
+                   "../shared/data/omniglot for small, data/omniglot for full)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the full 1200/423 split "
+                   "(default: 0)")
+    for flag, kind, what in (("n-way", int, "classes per task"), ("k-shot", int, "support "
+                             "images per class"), ("k-query", int, "query images per class"),
+                             ("inner-steps", int, "inner GD steps"), ("inner-lr", float,
+                             "inner GD learning rate"), ("cg-steps", int, "CG steps of the "
+                             "implicit solve (and of Newton-CG)"), ("meta-batch", int, "tasks "
+                             "per outer iteration"), ("outer-lr", float, "outer Adam learning "
+                             "rate"), ("eval-tasks", int, "held-out tasks of the final "
+                             "evaluation"), ("seed", int, "seed of the initialisation and the "
+                             "task stream")):
+        name = flag.replace("-", "_")
+        p.add_argument(f"--{flag}", dest=name, type=kind, default=None,
+                       help=f"{what} (default: {getattr(defaults, name)})")
+    p.add_argument("--iterations", type=int, default=defaults.max_iterations,
+                   help="outer iterations per recipe (default: %(default)s)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="also stop a recipe after this many training minutes (default: none)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "omniglot",
+                   help="results folder (default: results/omniglot)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_method(args, method, train_chars, test_chars) -> dict:
-    """Train ``method`` (or nothing, for ``untrained``: FOMAML's adaptation of the random
-    initialisation) and evaluate it."""
-    cfg = config_from(args, "fomaml" if method == "untrained" else method)
-    if method == "untrained":
-        cfg.max_iterations = 0
+def run_recipe(args, cfg: TrainConfig, train_chars, test_chars) -> dict:
+    """Train (nothing for 'untrained'), evaluate both adaptations, return the result row."""
     tag = f"{cfg.n_way}w{cfg.k_shot}s-{args.data}"
-    out = args.out / tag / method
-    with tqdm(desc=f"{method} ({tag})", unit="it", disable=args.quiet) as bar:
-        learner = train(cfg, train_chars, out, progress=bar)
-    result = evaluate(cfg, learner.theta.detach(), test_chars)
-    return {"method": method, "setting": tag, "iterations": learner.iteration,
-            "train_s": round(learner.elapsed_s, 1), **result, **{
-                k: v for k, v in asdict(cfg).items() if k not in ("method", "device", "seed")}}
+    if cfg.spec.method is None:
+        cfg.max_iterations = 0
+    with tqdm(desc=f"{cfg.recipe} ({tag})", unit="it", disable=args.quiet,
+              total=cfg.max_iterations) as bar:
+        learner = train(cfg, train_chars, args.out / tag / cfg.recipe, heldout=test_chars,
+                        progress=bar)
+    scores = evaluate(cfg, learner.theta.detach(), test_chars)
+    head = scores[cfg.spec.evaluation]
+    return {"recipe": cfg.recipe, "setting": tag, "iterations_asked": args.iterations,
+            "recipe_spec": cfg.spec.spec(),
+            "iterations": learner.iteration, "train_s": round(learner.elapsed_s, 1),
+            "evaluation": cfg.spec.evaluation, "accuracy": head["accuracy"], "ci95": head["ci95"],
+            "acc_as_trained": scores["as-trained"]["accuracy"],
+            "ci95_as_trained": scores["as-trained"]["ci95"],
+            "acc_plain_gd": scores["plain-gd"]["accuracy"],
+            "ci95_plain_gd": scores["plain-gd"]["ci95"], "status": "ok",
+            **run_provenance(cfg),
+            **{k: v for k, v in cfg.as_dict().items() if k not in ("recipe", "device", "seed")}}
 
 
-def breakdown_rate(out: Path, setting: str, method: str) -> float | None:
-    """Fraction of training iterations in which some task's CG met negative curvature."""
-    path = out / setting / method / "metrics.csv"
-    if not path.exists():
-        return None
-    metrics = pd.read_csv(path)
-    return float(metrics["cg_breakdown"].mean()) if len(metrics) else None
+def run_all(args, names: list[str], store: ResultsStore) -> None:
+    configs = [config_from(args, n) for n in names]       # every argument checked first
+    check_device(args.device)
+    pending = [c for c in configs if args.retrain or not store.done(
+        {"recipe": c.recipe, "setting": f"{c.n_way}w{c.k_shot}s-{args.data}",
+         "iterations_asked": args.iterations, "recipe_spec": c.spec.spec()})]
+    if not pending:
+        return
+    train_chars, test_chars = load_split(args)
+    print(f"meta-training characters: {len(train_chars.names)}, meta-testing: "
+          f"{len(test_chars.names)} (x4 rotations each)", file=sys.stderr)
+    for cfg in pending:
+        row = run_recipe(args, cfg, train_chars, test_chars)
+        store.add(row)
+        print(f"{cfg.recipe}: {100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}% "
+              f"({row['evaluation']}) after {row['iterations']} iterations", file=sys.stderr)
 
 
-def table2_markdown(frame: pd.DataFrame, out: Path) -> str:
-    first = frame[frame.method != "untrained"].iloc[0]
-    col = SETTINGS.get((int(first["n_way"]), int(first["k_shot"])))
-    lines = ["# Table 2, measured (Omniglot)", "",
-             f"Setting: {int(first['n_way'])}-way {int(first['k_shot'])}-shot, data "
-             f"`{first['setting']}`, {int(first['k_query'])} query images per class, "
-             f"meta-batch {int(first['meta_batch'])}, outer Adam lr {first['outer_lr']:g}, "
-             f"inner GD {int(first['inner_steps'])} steps at lr {first['inner_lr']:g}, iMAML "
-             f"lam {first['lam']:g} with {int(first['cg_steps'])} CG steps, a training budget of "
-             f"{first['budget_s'] / 60:g} min per method on {first['device_name']} "
-             f"({int(first['threads'])} threads), evaluated on {int(first['tasks'])} held-out "
-             f"tasks (95% interval). Commit {first['git_commit']}.", "",
-             "| method | ours: accuracy % | outer iterations | iterations with a CG breakdown "
-             "| paper (same setting) |", "|---|---|---|---|---|"]
-    for r in frame.itertuples():
-        label, paper = PAPER[r.method]
-        ref = f"{paper[col]}" if paper is not None and col is not None else "-"
-        rate = breakdown_rate(out, r.setting, r.method) if r.method.startswith("imaml") else None
-        lines.append(f"| {label} | {100 * r.accuracy:.1f} ± {100 * r.ci95:.1f} | "
-                     f"{r.iterations} | {'-' if rate is None else f'{rate:.0%}'} | {ref} |")
-    lines += ["", "Not comparable in level with the paper, which trains for hours on a GPU over "
-              "1200 training characters with meta-batch 32: these runs have a few CPU minutes "
-              "(tens to hundreds of outer iterations) on 136 characters, so the ordering reflects "
-              "how far each method gets in that budget, not where it converges. A CG breakdown "
-              "(negative curvature of the training loss beyond lam, where I + H/lam is not "
-              "positive definite) keeps the CG iterate reached before it; the column gives the "
-              "share of outer iterations in which at least one task of the meta-batch had one. "
-              "The untrained row adapts the random initialisation with the same inner GD."]
-    return "\n".join(lines) + "\n"
+def rows_for(store: ResultsStore, args, names, what: str, required: bool = True) -> pd.DataFrame:
+    """The rows of ``names`` at this setting, iteration count and current recipe definitions."""
+    frame = store.read()
+    tag = f"{args.n_way or 5}w{args.k_shot or 1}s-{args.data}"
+    if frame.empty:
+        if not required:
+            return frame
+        raise SystemExit(f"{what}: {store.path} holds no rows; run without --report-only first")
+    specs = {n: recipes.RECIPES[n].spec() for n in names}
+    frame = frame[(frame.setting == tag) & (frame.iterations_asked == args.iterations)
+                  & frame.recipe.isin(names)
+                  & (frame.recipe_spec == frame.recipe.map(specs))]
+    if frame.empty and required:
+        raise SystemExit(f"{what}: {store.path} has no rows for {tag} at {args.iterations} "
+                         "iterations with the current recipes; run without --report-only first")
+    return frame
 
 
 def main(argv=None) -> int:
@@ -135,44 +154,64 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("download", help="fetch the standard archives and check their MD5")
-    d.add_argument("--root", type=Path, default=Path("data/omniglot"))
-    for name, helptext in (("train", "train one method, then evaluate it"),
-                           ("table2", "train and evaluate every method, write reports/table2.md")):
+    d.add_argument("--root", type=Path, default=Path("data/omniglot"),
+                   help="where to put them (default: %(default)s)")
+    sub.add_parser("recipes", help="list the training recipes")
+    p = sub.add_parser("train", help="train one recipe, then evaluate it")
+    add_training_args(p)
+    p.add_argument("--recipe", choices=sorted(recipes.RECIPES), required=True,
+                   help="what to train (see the recipes command)")
+    p.add_argument("--retrain", action="store_true", help="train even if runs.csv has the row")
+    for name, names, helptext in (
+            ("table2", recipes.TABLE2_RECIPES, "train Table 2's recipes, write reports/table2.md"),
+            ("variants", recipes.VARIANT_RECIPES,
+             "train every iMAML variant, write reports/imaml_variants.md")):
         p = sub.add_parser(name, help=helptext)
         add_training_args(p)
-        p.add_argument("--quiet", action="store_true")
-        if name == "train":
-            p.add_argument("--method", choices=METHODS, required=True)
-        else:
-            p.add_argument("--methods", nargs="+", choices=METHODS + ("untrained",),
-                           default=list(METHODS) + ["untrained"])
-            p.add_argument("--report-only", action="store_true",
-                           help="rewrite reports/table2.md from results/omniglot/table2.csv")
+        p.add_argument("--recipes", nargs="+", choices=sorted(recipes.RECIPES), default=names,
+                       help="which recipes (default: %(default)s)")
+        p.add_argument("--retrain", action="store_true", help="train rows runs.csv already has")
+        p.add_argument("--report-only", action="store_true",
+                       help="rewrite the report from the results folder, train nothing")
     args = parser.parse_args(argv)
     if args.command == "download":
-        for path in data.download(args.root):
-            print(f"{path}  md5 ok")
+        try:
+            for path in data.download(args.root):
+                print(f"{path}  md5 ok")
+        except OSError as err:
+            raise SystemExit(f"download: could not fetch the archives ({err}). Without network, "
+                             "copy images_background.zip and images_evaluation.zip from the "
+                             f"public Omniglot repository into {args.root}")
         return 0
-    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: no CUDA device is available on this machine")
-    methods = [args.method] if args.command == "train" else args.methods
-    store = ResultsStore(args.out / "table2.csv", ["method", "setting"], ["accuracy", "ci95"])
+    if args.command == "recipes":
+        print(recipes.describe())
+        return 0
+    if args.iterations < 0:
+        parser.error(f"--iterations must be >= 0, got {args.iterations}")
+    if args.minutes is not None and not args.minutes > 0:
+        parser.error(f"--minutes must be > 0, got {args.minutes}")
+    store = ResultsStore(args.out / "runs.csv", KEY, ["accuracy", "ci95"])
+    names = [args.recipe] if args.command == "train" else args.recipes
     if not getattr(args, "report_only", False):
-        train_chars, test_chars = load_split(args)
-        print(f"meta-training characters: {len(train_chars.names)}, meta-testing: "
-              f"{len(test_chars.names)} (x4 rotations each)", file=sys.stderr)
-    for method in methods if not getattr(args, "report_only", False) else []:
-        row = run_method(args, method, train_chars, test_chars)
-        store.add(dict(row, status="ok"))
-        print(f"{method}: {100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}% "
-              f"after {row['iterations']} iterations")
+        run_all(args, names, store)
+    if args.command == "train":
+        return 0
+    reports = ROOT / "reports"
     if args.command == "table2":
-        frame = store.read()
-        tag = f"{args.n_way}w{args.k_shot}s-{args.data}"
-        frame = frame[frame.setting == tag]
-        report = ROOT / "reports" / "table2.md"
-        report.write_text(table2_markdown(frame, args.out))
-        print(f"Table 2 -> {report}")
+        frame = rows_for(store, args, names, "table2")
+        variants = rows_for(store, args, recipes.VARIANT_RECIPES, "table2", required=False)
+        (reports / "table2.md").write_text(report.table2_markdown(frame, args.out, variants))
+        report.plot_curves(frame, args.out, reports / "omniglot_curves.png", "Table 2 recipes")
+        print(f"-> {reports / 'table2.md'}, {reports / 'omniglot_curves.png'}")
+    else:
+        frame = rows_for(store, args, names, "variants")
+        reference = rows_for(store, args, ["maml", "fomaml", "untrained"], "variants",
+                             required=False)
+        (reports / "imaml_variants.md").write_text(
+            report.variants_markdown(frame, args.out, reference))
+        report.plot_curves(frame, args.out, reports / "imaml_variants_curves.png",
+                           "iMAML variants")
+        print(f"-> {reports / 'imaml_variants.md'}, {reports / 'imaml_variants_curves.png'}")
     return 0
 
 

@@ -1,0 +1,158 @@
+"""Training recipes for Omniglot, one registry read by training, evaluation, the CLI and the
+reports. A recipe is a method, its inner solver, lam, the curvature and linear solver of the
+implicit system, the CG breakdown policy, how evaluation adapts, and the paper row it stands
+for; a new variant is one entry of ``RECIPES``.
+
+Shared settings (inner steps and learning rate, CG steps, meta-batch, ...) come from the
+training configuration; a recipe holds only what makes it what it is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..curvature import Curvature
+from ..solvers import GD, Adam, NewtonCG, PullBackGD
+
+PAPER = {  # Table 2 of the paper (accuracy %, 5w1s / 5w5s / 20w1s / 20w5s)
+    "maml": ("MAML", [98.7, 99.9, 95.8, 98.9]),
+    "fomaml": ("first-order MAML", [98.3, 99.2, 89.4, 97.9]),
+    "reptile": ("Reptile", [97.68, 99.48, 89.43, 97.12]),
+    "imaml-gd": ("iMAML, GD", [99.16, 99.67, 94.46, 98.69]),
+    "imaml-hf": ("iMAML, Hessian-free", [99.50, 99.74, 96.18, 99.14]),
+}
+SETTINGS = {(5, 1): 0, (5, 5): 1, (20, 1): 2, (20, 5): 3}
+EVALUATIONS = ("as-trained", "plain-gd")
+# Reptile as published (Nichol et al. 2018, supervised-reptile, Omniglot 5-way 1-shot).
+REPTILE = {"inner_iters": 5, "inner_lr": 1e-3, "inner_batch": 10, "train_shots": 10,
+           "eval_iters": 50, "meta_step": 1.0}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    label: str
+    method: str | None                 # suite.METHODS name, "reptile", or None (untrained)
+    solver: str = "gd"                 # "gd", "pullback-gd", "newton-cg", "adam"
+    lam: float = 0.0
+    curvature: Curvature = field(default_factory=Curvature)
+    linear_solver: str = "cg"
+    on_breakdown: str = "keep"
+    evaluation: str = "as-trained"     # the adaptation of the headline accuracy
+    paper: str | None = None           # key of PAPER
+    note: str = ""
+
+    def spec(self) -> str:
+        """What defines the run (not the name, label or note): a changed entry is a new run."""
+        c = self.curvature
+        return (f"{self.method}|{self.solver}|lam={self.lam:g}|{c.name}(mu={c.damping:g},"
+                f"c={c.shift:g},d={c.lam_offset:g})|{self.linear_solver}|{self.on_breakdown}|"
+                f"{self.evaluation}")
+
+    @property
+    def implicit(self) -> bool:
+        return self.method == "imaml"
+
+    def meta_options(self, cfg) -> dict:
+        """Options of ``suite.meta_gradient`` for this recipe's method."""
+        if self.method == "imaml":
+            return {"cg_steps": cfg.cg_steps, "curvature": self.curvature,
+                    "on_breakdown": self.on_breakdown, "linear_solver": self.linear_solver}
+        if self.method == "truncated":
+            return {"truncate": min(cfg.truncate, cfg.inner_steps)}
+        return {}
+
+    def train_solver(self, cfg, rng: np.random.Generator):
+        """The inner solver of training (``rng`` draws Adam's mini-batches)."""
+        if self.solver == "adam":
+            return Adam(REPTILE["inner_iters"], REPTILE["inner_lr"], beta1=0.0,
+                        batch_size=REPTILE["inner_batch"], rng=rng)
+        if self.solver == "newton-cg":
+            return NewtonCG(cfg.hf_steps, cg_steps=cfg.cg_steps)
+        if self.solver == "pullback-gd":
+            return PullBackGD(cfg.inner_steps, cfg.inner_lr)
+        return GD(cfg.inner_steps, cfg.inner_lr)
+
+    def eval_solver(self, cfg, adaptation: str):
+        """(solver, lam) that adapts to a held-out task: ``"as-trained"`` is the recipe's own
+        inner loop (Reptile's own evaluation: 50 Adam iterations on the whole support set);
+        ``"plain-gd"`` is GD on the training loss alone (lam = 0), the same for every recipe."""
+        if adaptation == "plain-gd" or self.method is None:
+            return GD(cfg.inner_steps, cfg.inner_lr), 0.0
+        if self.solver == "adam":
+            return Adam(REPTILE["eval_iters"], REPTILE["inner_lr"], beta1=0.0), self.lam
+        return self.train_solver(cfg, np.random.default_rng(0)), self.lam
+
+
+def _imaml(name, label, **kwargs) -> Recipe:
+    return Recipe(name, label, "imaml", lam=kwargs.pop("lam", 2.0), **kwargs)
+
+
+_LITERAL = "the paper's formulation: GD on G = L_train + lam/2 |phi - theta|^2, then CG on I + H/lam"
+VARIANTS = [
+    _imaml("imaml-paper-keep", "paper, keep iterate", on_breakdown="keep", note=_LITERAL),
+    _imaml("imaml-paper-first-order", "paper, first-order on breakdown",
+           on_breakdown="first-order", note=_LITERAL),
+    _imaml("imaml-paper-continue", "paper, no curvature check", on_breakdown="continue",
+           note=_LITERAL + " with no curvature check (as hypertorch)"),
+    _imaml("imaml-paper-lam0.5", "paper, lam 0.5", lam=0.5, note=_LITERAL),
+    _imaml("imaml-paper-lam8", "paper, lam 8", lam=8.0, note=_LITERAL),
+    _imaml("imaml-gn-lam0.5", "Gauss-Newton, lam 0.5", lam=0.5,
+           curvature=Curvature("gauss-newton")),
+    _imaml("imaml-gn", "Gauss-Newton, lam 2", curvature=Curvature("gauss-newton")),
+    _imaml("imaml-gn-lam8", "Gauss-Newton, lam 8", lam=8.0, curvature=Curvature("gauss-newton")),
+    _imaml("imaml-damped", "damped Hessian, mu 8", curvature=Curvature("damped", damping=8.0),
+           note="H + 8 I: mu above the most negative curvature measured (about -7) minus lam"),
+    _imaml("imaml-normal-cg", "normal-equation CG", linear_solver="normal-cg",
+           note="CG on (I + H/lam)^2 g = (I + H/lam) v, as torchopt's example"),
+    _imaml("imaml-official", "official code's formulation", solver="pullback-gd",
+           curvature=Curvature("official"), on_breakdown="continue", evaluation="plain-gd",
+           note="unregularised inner GD, one pull-back step, CG on 2 I + H/(lam + 10) without "
+                "a curvature check, evaluated by plain GD, as the published code"),
+]
+DEFAULT_IMAML = "imaml-gn"
+"""The variant reported as Table 2's "iMAML, GD" row: the best one the variants report found."""
+
+_default = {r.name: r for r in VARIANTS}[DEFAULT_IMAML]
+TABLE2 = [
+    Recipe("maml", "MAML", "maml", paper="maml"),
+    Recipe("fomaml", "first-order MAML", "fomaml", paper="fomaml"),
+    Recipe("truncated", "truncated backprop (last 5 steps)", "truncated", lam=2.0,
+           note="GD on G with lam 2: with lam = 0 a truncated backward pass never reaches theta"),
+    Recipe("reptile", "Reptile", "reptile", solver="adam", paper="reptile",
+           note="as published: inner Adam (beta1 0, lr 1e-3), 5 iterations on mini-batches of "
+                "10 from 10 shots per class; outer theta += eps (mean phi - theta), eps 1 -> 0 "
+                "linearly; evaluation by 50 Adam iterations"),
+    replace(_default, label=f"iMAML, GD ({DEFAULT_IMAML})", paper="imaml-gd"),
+    replace(_default, name="imaml-hf", label="iMAML, Hessian-free", solver="newton-cg",
+            paper="imaml-hf",
+            note=f"Newton-CG (line search) on G, meta-gradient as {DEFAULT_IMAML}"),
+    Recipe("untrained", "untrained θ (reference)", None,
+           note="the random initialisation, adapted by plain GD"),
+]
+VARIANTS = [r for r in VARIANTS if r.name != DEFAULT_IMAML]
+RECIPES: dict[str, Recipe] = {r.name: r for r in TABLE2 + VARIANTS}
+TABLE2_RECIPES = [r.name for r in TABLE2]
+VARIANT_RECIPES = [DEFAULT_IMAML] + [r.name for r in VARIANTS]
+
+
+def get(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {name!r} "
+                         "(python -m suite.omniglot recipes lists them)")
+    return RECIPES[name]
+
+
+def describe() -> str:
+    """One line per recipe, for ``python -m suite.omniglot recipes``."""
+    lines = []
+    for r in RECIPES.values():
+        parts = [r.method or "-", f"solver {r.solver}", f"lam {r.lam:g}"]
+        if r.implicit:
+            parts += [f"curvature {r.curvature.label()}", f"solve {r.linear_solver}",
+                      f"breakdown {r.on_breakdown}"]
+        parts.append(f"evaluation {r.evaluation}")
+        lines.append(f"{r.name:24s} {r.label}\n{'':24s} {', '.join(parts)}"
+                     + (f"\n{'':24s} {r.note}" if r.note else ""))
+    return "\n".join(lines)
