@@ -56,3 +56,31 @@ def check_device(device: str, flag: str = "--device") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise SystemExit(f"{flag} {device}: only cpu and cuda devices are supported")
     return dev
+
+
+def check_scalar(name: str, value) -> torch.Tensor:
+    """``value`` if it is a 0-dim tensor (a loss), else a message naming ``name``."""
+    if not torch.is_tensor(value) or value.ndim != 0:
+        shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+        raise ValueError(f"{name} must return a scalar (0-dim) tensor, got {shape}; reduce "
+                         "the loss, e.g. with .mean()")
+    return value
+
+
+def cli_range(parser, flag: str, value, low: float, high: float = math.inf, *,
+              low_open: bool = False) -> None:
+    """Refuse a command-line value (or each of a list) outside the range, through
+    ``parser.error`` (usage and exit status 2), before any work starts."""
+    if value is None:
+        return
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if not (math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
+            parser.error(f"{flag} must be {describe_range(low, high, low_open, False)}, got {v}")
+
+
+def cli_out_folder(parser, flag: str, path) -> None:
+    """An output file's folder must exist: a typo should not create a new tree silently."""
+    from pathlib import Path
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        parser.error(f"{flag} {path}: the folder {folder} does not exist (create it first)")

@@ -19,8 +19,8 @@ import torch
 
 from .curvature import Curvature, gauss_newton_at
 from .linalg import check_implicit_options, hvp_at, solve_implicit
-from .checks import check_finite, check_float, check_int
-from .solvers import InnerProblem, backtracking_step
+from .checks import check_finite, check_float, check_int, check_scalar
+from .solvers import InnerProblem, backtracking_step, run_solver
 from .tasks import num_parameters
 
 EXACT_MAX_DIM = 4096
@@ -90,12 +90,13 @@ class MetaGradient:
 def _test_grad(task, phi: torch.Tensor) -> torch.Tensor:
     phi = phi.detach().requires_grad_(True)
     with torch.enable_grad():
-        g, = torch.autograd.grad(task.test_loss(phi), phi)
+        g, = torch.autograd.grad(check_scalar("task.test_loss(phi)", task.test_loss(phi)), phi)
+    check_finite("grad L_test at the adapted parameters (is the test loss finite?)", g)
     return g
 
 
 def _inner(problem: InnerProblem, solver, stats: Stats, unroll: int = 0):
-    result = solver.solve(problem, unroll=unroll)
+    result = run_solver(solver, problem, unroll=unroll)
     stats.inner_steps = result.steps
     stats.inner_converged = result.converged
     stats.inner_message = result.message
@@ -186,10 +187,10 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
         g_train, product = gauss_newton_at(task.train_outputs, task.train_output_loss, phi)
     else:
         g_train, product = hvp_at(task.train_loss, phi)
-    grad_G = g_train + lam * (phi - theta.detach())
     if problem.grad_norm_at_theta:
-        stats.inner_stationarity = float(torch.linalg.vector_norm(grad_G)) / \
-            problem.grad_norm_at_theta
+        grad_G_norm = float(torch.linalg.vector_norm(g_train + lam * (phi - theta.detach())))
+        stats.inner_stationarity = grad_G_norm / problem.grad_norm_at_theta
+    del g_train   # not held through the solve: memory is what iMAML is measured on
 
     def counted(u):
         problem.hvps += 1
@@ -274,7 +275,15 @@ def _validate(method, task, theta, lam, solver) -> float:
     if n is not None and theta.numel() != n:
         raise ValueError(f"theta must have {n} entries (the task's parameter count), "
                          f"got {theta.numel()}")
-    lam = check_float("lam", lam, 0.0, low_open=False)
+    dtype, device = getattr(task, "dtype", None), getattr(task, "device", None)
+    if dtype is not None and theta.dtype != dtype:
+        raise TypeError(f"theta is {theta.dtype} but the task computes in {dtype}; pass "
+                        f"theta.to({dtype}) (or build the task in {theta.dtype})")
+    if device is not None and theta.device != torch.device(device):
+        raise ValueError(f"theta is on {theta.device} but the task is on {device}; pass "
+                         f"theta.to('{device}')")
+    # Lemma 1 needs lam > 0; the unrolled methods also take lam = 0 (plain MAML).
+    lam = check_float("lam", lam, 0.0, low_open=method in ("imaml", "exact"))
     if method != "exact" and not callable(getattr(solver, "solve", None)):
         raise TypeError(f"solver must be an inner solver from suite.solvers (with .solve), "
                         f"got {solver!r}")

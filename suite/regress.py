@@ -121,8 +121,11 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update", action="store_true",
                         help="replace the committed baselines with this run's figures")
-    parser.add_argument("--baseline", type=Path, default=BASELINE, help="baseline JSON file")
+    parser.add_argument("--baseline", type=Path, default=BASELINE,
+                        help="baseline JSON file (default: results/baselines/regress.json)")
     args = parser.parse_args(argv)
+    if not args.update and not args.baseline.exists():
+        raise SystemExit(f"no baseline at {args.baseline}: run with --update once, on purpose")
     now = measure()
     if args.update:
         record = {"provenance": provenance(device="cpu", dtype="float64",
@@ -134,8 +137,6 @@ def main(argv=None) -> int:
         tmp.replace(args.baseline)
         print(f"baselines written to {args.baseline}")
         return 0
-    if not args.baseline.exists():
-        raise SystemExit(f"no baseline at {args.baseline}: run with --update once, on purpose")
     baseline = json.loads(args.baseline.read_text())["metrics"]
     verdicts = compare(baseline, now)
     print_table(verdicts)

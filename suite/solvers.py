@@ -14,7 +14,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from .checks import check_float, check_int
+from .checks import check_float, check_int, check_scalar
 from .linalg import conjugate_gradient, hvp_at
 
 
@@ -30,6 +30,7 @@ class InnerProblem:
         self.task, self.theta, self.lam = task, theta, lam
         self.grad_evals = self.hvps = self.loss_evals = 0
         self.grad_norm_at_theta: float | None = None
+        self.last_grad_norm: float | None = None
 
     def value(self, phi: torch.Tensor) -> float:
         self.loss_evals += 1
@@ -46,8 +47,9 @@ class InnerProblem:
         if not create_graph:
             phi = phi.detach().requires_grad_(True)
         with torch.enable_grad():
-            g, = torch.autograd.grad(task.train_loss(phi), phi, create_graph=create_graph)
-        self._note_first(g, index)   # at theta, grad L_train = grad G
+            loss = check_scalar("task.train_loss(phi)", task.train_loss(phi))
+            g, = torch.autograd.grad(loss, phi, create_graph=create_graph)
+        self._note(g, index)   # at theta, grad L_train = grad G
         return g if create_graph else g.detach()
 
     def grad(self, phi: torch.Tensor, create_graph: bool = False, index=None) -> torch.Tensor:
@@ -64,12 +66,43 @@ class InnerProblem:
             self.hvps += 1
             return hvp(v) + self.lam * v
 
-        self._note_first(g_train, None)
+        self._note(g_train, None)
         return g_train + self.lam * (phi.detach() - self.theta.detach()), matvec
 
-    def _note_first(self, g, index):
-        if self.grad_norm_at_theta is None and index is None:
-            self.grad_norm_at_theta = float(torch.linalg.vector_norm(g.detach()))
+    def _note(self, g, index):
+        if index is None:
+            self.last_grad_norm = float(torch.linalg.vector_norm(g.detach()))
+            if self.grad_norm_at_theta is None:
+                self.grad_norm_at_theta = self.last_grad_norm
+
+
+class InnerDivergence(ArithmeticError):
+    """An inner solver diverged: its output is not finite, or the gradient grew by more than
+    ``DIVERGENCE_GROWTH`` from its value at theta. Its result is never used."""
+
+
+DIVERGENCE_GROWTH = 1e4
+
+
+def run_solver(solver, problem: InnerProblem, unroll: int = 0) -> "InnerResult":
+    """``solver.solve(problem, unroll)``, refused (``InnerDivergence``) when it diverged.
+
+    Every caller of an inner solver goes through here, so divergence is detected for every
+    solver alike: a non-finite output, or a full-batch gradient that ends more than
+    ``DIVERGENCE_GROWTH`` times larger than at theta (GD with lr * curvature > 2 grows it
+    geometrically; a converging or merely slow solver shrinks it).
+    """
+    result = solver.solve(problem, unroll=unroll)
+    first, last = problem.grad_norm_at_theta, problem.last_grad_norm
+    finite = bool(torch.isfinite(result.phi).all())
+    if not finite or (first and last is not None and last > DIVERGENCE_GROWTH * first):
+        what = ("its output has NaN or Inf entries" if not finite else
+                f"|grad| grew from {first:.3g} at theta to {last:.3g}")
+        advice = (f"lower lr (now {solver.lr:g}): GD on G is stable only for "
+                  "lr * (largest curvature of G) < 2" if hasattr(solver, "lr") else
+                  "check the task's losses")
+        raise InnerDivergence(f"the inner solver {solver!r} diverged: {what}; {advice}")
+    return result
 
 
 @dataclass
@@ -337,6 +370,6 @@ class ScipyLBFGS:
         return f"ScipyLBFGS(max_iter={self.max_iter}, tol={self.tol:g})"
 
 
-__all__ = ["InnerProblem", "InnerResult", "GD", "PullBackGD", "NesterovAGD", "NewtonCG",
+__all__ = ["InnerProblem", "InnerResult", "InnerDivergence", "run_solver", "GD", "PullBackGD", "NesterovAGD", "NewtonCG",
            "Adam", "ScipyLBFGS",
            "backtracking_step"]

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import synthetic
 
-from .checks import check_device
+from .checks import check_device, check_int, cli_out_folder, cli_range
 from .linalg import CGBreakdown, hvp_at
 from .measure import measure_memory, time_call, time_calls
 from .methods import meta_gradient_batch
@@ -123,7 +123,8 @@ def run_point(cfg: dict, *, repeats: int, threads: int, memory: bool = True) -> 
 def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int | None = None,
               memory: bool = True, progress: bool = True, desc: str = "sweep") -> ResultsStore:
     """Run every configuration not already finished in ``out``; write after each row."""
-    threads = threads or torch.get_num_threads()
+    check_int("repeats", repeats, minimum=1)
+    threads = torch.get_num_threads() if threads is None else check_int("threads", threads, 1)
     store = ResultsStore(out, KEY, RESULTS)
     todo = [c for c in configs if not store.done(c)]
     if progress and len(todo) < len(configs):
@@ -231,6 +232,21 @@ def _common_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def check_arguments(parser, args) -> None:
+    """Every numeric flag in its range, before any row is computed."""
+    for flag, low in (("n_way", 2), ("k_shot", 1), ("repeats", 1), ("threads", 1),
+                      ("meta_batch", 1), ("steps", 1), ("cg_steps", 1), ("truncate", 1),
+                      ("dim", 1), ("n_train", 1)):
+        cli_range(parser, "--" + flag.replace("_", "-"), getattr(args, flag, None), low)
+    cli_range(parser, "--kappas", getattr(args, "kappas", None), 1.0, synthetic.KAPPA_MAX)
+    cli_range(parser, "--kappa", getattr(args, "kappa", None), 1.0, synthetic.KAPPA_MAX)
+    cli_range(parser, "--lr", getattr(args, "lr", None), 0.0, low_open=True)
+    lam_positive = "imaml" in getattr(args, "methods", [])
+    cli_range(parser, "--lam", getattr(args, "lam", None), 0.0, low_open=lam_positive)
+    if getattr(args, "out", None) is not None:
+        cli_out_folder(parser, "--out", args.out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suite.sweeps", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,12 +266,13 @@ def main(argv=None) -> int:
     c.add_argument("--dim", type=int, default=100, help="synthetic workload only")
     c.add_argument("--lr", type=float, default=None, help="inner GD step size")
     h = sub.add_parser("hvp-cost", help="cost of one HVP in gradients on the 4-layer CNN")
-    h.add_argument("--n-way", type=int, default=20)
-    h.add_argument("--k-shot", type=int, default=5)
-    h.add_argument("--device", default="cpu")
-    h.add_argument("--repeats", type=int, default=5)
-    h.add_argument("--threads", type=int, default=None)
+    h.add_argument("--n-way", type=int, default=20, help="classes per task (default: 20)")
+    h.add_argument("--k-shot", type=int, default=5, help="images per class (default: 5)")
+    h.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    h.add_argument("--repeats", type=int, default=5, help="timed repeats (default: 5)")
+    h.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
+    check_arguments(parser, args)
     check_device(args.device)
     if args.command == "hvp-cost":
         tasks, theta = cnn_tasks(n_way=args.n_way, k_shot=args.k_shot, device=args.device)

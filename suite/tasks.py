@@ -69,6 +69,14 @@ class ModuleTask:
         self._numels = [p.numel() for _, p in named]
         self.num_parameters = sum(self._numels)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
     def flat_parameters(self) -> torch.Tensor:
         """A copy of the module's parameters, flattened in ``module.parameters()`` order."""
         return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).clone()
@@ -129,6 +137,7 @@ class LinearRegressionTask:
         if self.X_train.shape[1] != self.X_test.shape[1]:
             raise ValueError("X_train and X_test must have the same number of columns")
         self.num_parameters = self.X_train.shape[1]
+        self.dtype, self.device = self.X_train.dtype, self.X_train.device
 
     @classmethod
     def from_synthetic(cls, task, **kwargs) -> "LinearRegressionTask":

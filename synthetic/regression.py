@@ -27,15 +27,23 @@ def _check_positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
-def _check_real(name: str, value, minimum: float, strict: bool = False) -> float:
+KAPPA_MAX = 1e12
+"""Largest condition number made: in float64 the smallest eigenvalue of H + lam I is lost
+in rounding (relative error ~ kappa * 1e-16) beyond it."""
+
+
+def _check_real(name: str, value, minimum: float, strict: bool = False,
+                maximum: float = math.inf) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a real number, got {value!r}") from None
     bad = value <= minimum if strict else value < minimum
-    if not math.isfinite(value) or bad:
+    if not math.isfinite(value) or bad or value > maximum:
         op = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {op} {minimum}, got {value!r}")
+        upper = f" and <= {maximum:g}" if math.isfinite(maximum) else ""
+        raise ValueError(f"{name} must be a finite number {op} {minimum:g}{upper}, "
+                         f"got {value!r}")
     return value
 
 
@@ -89,12 +97,16 @@ def make_task(dim: int, n_train: int, n_test: int, kappa: float, lam: float, *,
     dim = _check_positive_int("dim", dim)
     n_train = _check_positive_int("n_train", n_train)
     n_test = _check_positive_int("n_test", n_test)
-    kappa = _check_real("kappa", kappa, 1.0)
+    kappa = _check_real("kappa", kappa, 1.0, maximum=KAPPA_MAX)
     lam = _check_real("lam", lam, 0.0)
     noise = _check_real("noise", noise, 0.0)
     h_min = _check_real("h_min", h_min, 0.0)
     if h_min + lam <= 0:
-        raise ValueError("h_min must be > 0 when lam = 0 (G would not be strongly convex)")
+        raise ValueError(f"lam and h_min are both 0: G would not be strongly convex; give "
+                         f"lam > 0 (the proximal term) or h_min > 0 (classic MAML, lam = 0)")
+    if isinstance(seed, bool) or not (isinstance(seed, np.random.Generator) or (
+            isinstance(seed, (int, np.integer)) and seed >= 0)):
+        raise ValueError(f"seed must be an integer >= 0 or a numpy Generator, got {seed!r}")
     if n_train < dim and h_min != 0:
         raise ValueError(f"h_min must be 0 when n_train < dim (H has rank n_train={n_train}), "
                          f"got {h_min}")
@@ -129,7 +141,7 @@ def make_meta_batch(n_tasks: int, dim: int, n_train: int, n_test: int, kappa: fl
                     *, noise: float = 0.1, h_min: float = 0.0, seed: int = 0) -> list[RegressionTask]:
     """``n_tasks`` independent tasks drawn from one seed (reproducible as a whole)."""
     n_tasks = _check_positive_int("n_tasks", n_tasks)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_positive_int("seed", seed, minimum=0))
     return [make_task(dim, n_train, n_test, kappa, lam, noise=noise, h_min=h_min, seed=rng)
             for _ in range(n_tasks)]
 
@@ -208,7 +220,15 @@ def agd_meta_gradient(task: RegressionTask, theta: np.ndarray, steps: int, lr: f
 
 
 def relative_error(estimate, reference) -> float:
-    """|estimate - reference| / |reference| in float64."""
+    """|estimate - reference| / |reference| in float64 (undefined, and refused, for a zero
+    or non-finite reference)."""
     estimate = np.asarray(estimate, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
-    return float(np.linalg.norm(estimate - reference) / np.linalg.norm(reference))
+    if estimate.shape != reference.shape:
+        raise ValueError(f"estimate and reference must have the same shape, got "
+                         f"{estimate.shape} and {reference.shape}")
+    scale = np.linalg.norm(reference)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"the reference's norm is {scale}: a relative error needs a finite, "
+                         "non-zero reference")
+    return float(np.linalg.norm(estimate - reference) / scale)

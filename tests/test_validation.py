@@ -10,8 +10,9 @@ from suite.solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(method="imaml", lam=0.0), ValueError, "lam must be > 0"),
-    (dict(method="imaml", lam=-1.0), ValueError, "lam"),
+    (dict(method="imaml", lam=0.0), ValueError, "lam must be a finite number > 0, got 0.0"),
+    (dict(method="imaml", lam=-1.0), ValueError, "lam must be a finite number > 0, got -1.0"),
+    (dict(method="maml", lam=-1.0), ValueError, "lam must be a finite number >= 0, got -1.0"),
     (dict(method="maml", lam=math.nan), ValueError, "lam"),
     (dict(method="maml", lam="big"), TypeError, "lam"),
     (dict(method="newton"), ValueError, "method must be one of"),

@@ -24,14 +24,16 @@ def run_dir(out: Path, row) -> Path:
 
 
 def run_metrics(out: Path, row) -> dict:
-    """Means over the training run's metrics.csv: seconds per iteration and the implicit
-    recipes' diagnostics (NaN where a recipe has none)."""
+    """Over the training run's metrics.csv: the median seconds per iteration (robust to a
+    busy moment of a shared machine) and the means of the implicit recipes' diagnostics
+    (NaN where a recipe has none)."""
     path = run_dir(out, row) / "metrics.csv"
     m = pd.read_csv(path) if path.exists() else pd.DataFrame()
 
     def mean(col):
         return float(m[col].mean()) if col in m and m[col].notna().any() else np.nan
-    return {"s_per_iteration": mean("seconds"), "breakdown_rate": mean("cg_breakdown"),
+    return {"s_per_iteration": float(m["seconds"].median()) if "seconds" in m else np.nan,
+            "breakdown_rate": mean("cg_breakdown"),
             "stationarity": mean("inner_stationarity"), "cg_residual": mean("cg_residual"),
             "min_curvature": float(m["cg_min_curvature"].min())
             if "cg_min_curvature" in m and m["cg_min_curvature"].notna().any() else np.nan,

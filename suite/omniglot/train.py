@@ -28,7 +28,7 @@ import torch
 from ..checks import check_float, check_int
 from ..methods import meta_gradient, meta_gradient_batch
 from ..results import provenance, write_csv_atomic
-from ..solvers import InnerProblem
+from ..solvers import InnerProblem, run_solver
 from ..tasks import ModuleTask
 from ..workloads import conv4
 from . import recipes
@@ -115,7 +115,7 @@ def outer_direction(cfg: TrainConfig, solver, tasks, theta):
     """The direction handed to the outer optimizer and the diagnostics of computing it."""
     spec = cfg.spec
     if spec.method == "reptile":
-        phis = [solver.solve(InnerProblem(t, theta.detach(), spec.lam)).phi for t in tasks]
+        phis = [run_solver(solver, InnerProblem(t, theta.detach(), spec.lam)).phi for t in tasks]
         return theta.detach() - torch.stack(phis).mean(0), {}
     result = meta_gradient_batch(spec.method, tasks, theta.detach(), lam=spec.lam,
                                  solver=solver, **spec.meta_options(cfg))
@@ -281,7 +281,7 @@ def evaluate(cfg: TrainConfig, theta: torch.Tensor, chars: Characters, *,
         for a, (solver, lam) in solvers.items():
             key = (repr(solver), lam)
             if key not in cache:
-                phi = solver.solve(InnerProblem(task, theta.detach(), lam)).phi.detach()
+                phi = run_solver(solver, InnerProblem(task, theta.detach(), lam)).phi.detach()
                 with torch.no_grad():
                     logits = task.outputs(phi, x)
                 cache[key] = float((logits.argmax(1) == y).float().mean())
