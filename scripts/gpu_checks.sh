@@ -4,8 +4,8 @@
 # - the CUDA tests (allocator against LiveBytes, vmap against the loop on CUDA, peers);
 # - the meta-batch benchmarks on CUDA (20-way 5-shot, 16 tasks, loop against vmap);
 # - live tensor bytes against the CUDA allocator, cuDNN on and off;
-# - side by side with higher and torchopt, per task and per meta-batch of 16 (issue 7);
-# - the CNN cost sweep on CUDA (issue 3), every method, 1 to 32 inner steps.
+# - side by side with higher and torchopt, per task and per meta-batch of 16;
+# - the CNN cost sweep on CUDA, every method, 1 to 32 inner steps.
 # Every stage runs under its own time limit; a failed stage is reported and the next one runs.
 # On a copy of the tree without its git history, set SUITE_GIT_COMMIT for the provenance column.
 set -uo pipefail

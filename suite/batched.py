@@ -13,13 +13,16 @@ row per task), its Hessian products forward-over-reverse; ``curvature``, ``on_br
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
 from .curvature import Curvature, gauss_newton_at
 from .linalg import check_implicit_options, solve_implicit
-from .checks import check_float, check_int
+from .methods import MetaGradient, Stats
+from .checks import check_finite, check_float, check_int
 from .tasks import ModuleTask
 
 METHODS = ("maml", "fomaml", "imaml")
@@ -47,10 +50,6 @@ class BatchedTasks:
         return cls(tasks[0].module, (cat(0, 0), cat(0, 1)), (cat(1, 0), cat(1, 1)),
                    tasks[0].loss)
 
-    @property
-    def size(self) -> int:
-        return self.xs.shape[0]
-
     def outputs(self, phi, x):
         return functional_call(self.module, self._layout.unflatten(phi), (x,))
 
@@ -59,6 +58,8 @@ class BatchedTasks:
 
 
 def _inner_gd(bt: BatchedTasks, theta, xs, ys, *, lam, steps, lr):
+    """``GD(steps, lr)`` on G written with torch.func so that it maps over tasks (the
+    per-task path's ``InnerProblem.grad`` uses torch.autograd, which vmap cannot enter)."""
     phi = theta
     for _ in range(steps):
         phi = phi - lr * (grad(bt.task_loss)(phi, xs, ys) + lam * (phi - theta))
@@ -68,8 +69,9 @@ def _inner_gd(bt: BatchedTasks, theta, xs, ys, *, lam, steps, lr):
 def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *, lam: float,
                           steps: int, lr: float, cg_steps: int = 5,
                           chunk_size: int | None = None, curvature="hessian",
-                          on_breakdown: str = "raise", linear_solver: str = "cg") -> torch.Tensor:
-    """The mean meta-gradient over the meta-batch (see the module docstring).
+                          on_breakdown: str = "raise", linear_solver: str = "cg") -> MetaGradient:
+    """The mean meta-gradient over the meta-batch (see the module docstring), with the work
+    counted as ``meta_gradient_batch`` counts it (per task, summed) in ``stats``.
 
     ``chunk_size`` tasks at a time (``torch.func.vmap``'s own option; default: all at once)
     trades time for memory: MAML holds the graphs of one chunk, not of the whole meta-batch.
@@ -77,22 +79,25 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     steps, lr = check_int("steps", steps), check_float("lr", lr, 0.0)
-    lam = check_float("lam", lam, 0.0, low_open=False)
-    if method == "imaml" and lam <= 0:
-        raise ValueError(f"lam must be > 0 for 'imaml', got {lam}")
+    lam = check_float("lam", lam, 0.0, low_open=method == "imaml")
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
+    start = time.perf_counter()
+    n_tasks = bt.xs.shape[0]
+    stats = Stats(inner_steps=steps * n_tasks, grad_evals=steps * n_tasks)
     theta = theta.detach()
     inner = lambda th, xs, ys: _inner_gd(bt, th, xs, ys, lam=lam, steps=steps, lr=lr)  # noqa
     if method == "maml":
         def one(th, xs, ys, xq, yq):
             return grad(lambda t: bt.task_loss(inner(t, xs, ys), xq, yq))(th)
-        return vmap(one, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk_size)(
+        g = vmap(one, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk_size)(
             theta, bt.xs, bt.ys, bt.xq, bt.yq).mean(0)
+        stats.hvps = steps * n_tasks
+        return _finish(g, stats, start)
     phi = vmap(inner, in_dims=(None, 0, 0), chunk_size=chunk_size)(theta, bt.xs, bt.ys).detach()
     v = vmap(grad(bt.task_loss), chunk_size=chunk_size)(phi, bt.xq, bt.yq)
     if method == "fomaml":
-        return v.mean(0)
+        return _finish(v.mean(0), stats, start)
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
     check_implicit_options(on_breakdown, linear_solver)
     curvature = Curvature.parse(curvature)
@@ -103,6 +108,26 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
                                    with_grad=False)[1](u)
         return jvp(lambda q: grad(bt.task_loss)(q, xs, ys), (p,), (u,))[1]
 
-    batch_product = lambda U: vmap(product, chunk_size=chunk_size)(phi, U, bt.xs, bt.ys)  # noqa
-    return solve_implicit(curvature.system(batch_product, lam), v, max_iter=cg_steps,
-                          on_breakdown=on_breakdown, linear_solver=linear_solver).x.mean(0)
+    products = 0
+
+    def batch_product(U):
+        nonlocal products
+        products += 1
+        return vmap(product, chunk_size=chunk_size)(phi, U, bt.xs, bt.ys)
+
+    solve = solve_implicit(curvature.system(batch_product, lam), v, max_iter=cg_steps,
+                           on_breakdown=on_breakdown, linear_solver=linear_solver)
+    stats.grad_evals += n_tasks           # the gradient whose graph gives the products
+    stats.hvps, stats.cg_iterations = products * n_tasks, solve.iterations * n_tasks
+    stats.cg_residual, stats.cg_converged = solve.residual, solve.converged
+    stats.cg_policy, stats.cg_fallbacks = on_breakdown, solve.fallback
+    stats.cg_breakdowns = int(solve.row_breakdown.sum())
+    stats.cg_breakdown_iteration = solve.breakdown_iteration
+    stats.cg_min_curvature = solve.min_curvature
+    return _finish(solve.x.mean(0), stats, start)
+
+
+def _finish(g: torch.Tensor, stats: Stats, start: float) -> MetaGradient:
+    stats.wall_time_s = time.perf_counter() - start
+    check_finite("the batched meta-gradient (a non-finite result is never returned)", g)
+    return MetaGradient(g.detach(), stats)

@@ -73,13 +73,18 @@ def sweep_to(name: str, points, *, quiet: bool, **kw) -> pd.DataFrame:
     return frame
 
 
+SYMBOLS = {"kappa": "κ", "lam": "λ", "lr": "lr", "n_way": "N", "k_shot": "K-shot",
+           "device_name": "device"}
+
+
 def config_text(frame: pd.DataFrame, *keys) -> str:
     parts = []
     for k in keys:
         values = frame[k].dropna().unique()
         if len(values) == 1:
-            v = values[0]
-            parts.append(f"{k}={v:g}" if isinstance(v, (float, np.floating)) else f"{k}={v}")
+            v, name = values[0], SYMBOLS.get(k, k)
+            parts.append(f"{name} = {v:g}" if isinstance(v, (float, np.floating))
+                         else f"{name} = {v}")
     return ", ".join(parts)
 
 
@@ -118,9 +123,9 @@ def plot_fig2a(frame: pd.DataFrame) -> Path:
         ax.set_xlabel("inner GD steps K (lr = 1/L)")
         ax.set_ylabel("relative error of the meta-gradient")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=7, loc="lower left")
     info = config_text(frame, "kappa", "lam", "dtype", "device")
-    fig.suptitle("Figure 2a: meta-gradient error vs d/dtheta L_test(Alg*(theta)), "
+    fig.suptitle("Figure 2a: relative error against d/dθ L_test(Alg*(θ)), "
                  f"synthetic linear regression ({info})", fontsize=10)
     fig.tight_layout()
     return save(fig, "figure2a")
@@ -157,6 +162,7 @@ def plot_fig2b(frame: pd.DataFrame) -> Path:
         ax.set_xlabel("inner GD steps")
         ax.grid(True, alpha=0.3)
     ax_t.legend(fontsize=8)
+    ax_m.legend(fontsize=8)
     info = config_text(frame, "n_way", "k_shot", "lam", "lr", "dtype", "device_name", "threads")
     fig.suptitle(f"Figure 2b: compute and memory, 4-layer CNN, one task ({info}, "
                  "random 28x28 images)", fontsize=10)

@@ -9,7 +9,7 @@ torchopt 0.7.3). learn2learn 0.2.0 does not build on Python 3.11 and is not comp
 The peer implementations below use each library as its documentation shows; they compute
 the same quantities as ``suite.meta_gradient`` (agreement is tested in float64) so that
 time and memory can be compared on equal work, measured in one run and reported as ratios,
-with a verdict on each of issue 7's targets (task batching: 2x the loop's throughput and half
+with a verdict on each target (task batching: 2x the loop's throughput and half
 the peer's time at meta-batch 16; per task: no slower than higher).
 """
 from __future__ import annotations
@@ -110,12 +110,12 @@ def contenders(tasks, theta, *, steps, lr, lam, cg_steps, batched: bool):
         out["ours/fomaml"] = lambda: meta_gradient_batch("fomaml", tasks, theta, lam=0.0,
                                                          solver=gd).grad
         out["ours-vmap/fomaml"] = lambda: batched_meta_gradient("fomaml", bt, theta, lam=0.0,
-                                                                steps=steps, lr=lr)
+                                                                steps=steps, lr=lr).grad
         out["ours-vmap/maml"] = lambda: batched_meta_gradient("maml", bt, theta, lam=0.0,
-                                                              steps=steps, lr=lr)
+                                                              steps=steps, lr=lr).grad
         out["ours-vmap/imaml"] = lambda: batched_meta_gradient("imaml", bt, theta, lam=lam,
                                                                steps=steps, lr=lr,
-                                                               cg_steps=cg_steps)
+                                                               cg_steps=cg_steps).grad
     return out
 
 
@@ -191,7 +191,7 @@ def _noise(frame, impls, method):
 
 
 def targets(frame: pd.DataFrame) -> list[tuple[str, float, str]]:
-    """Issue 7's targets as (what, measured ratio, verdict); a verdict is 'reached',
+    """The targets as (what, measured ratio, verdict); a verdict is 'reached',
     'within timing noise' or 'not reached'."""
     def verdict(value, bound, noise):
         return ("reached" if value <= bound else

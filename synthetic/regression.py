@@ -212,6 +212,23 @@ def gd_meta_gradient(task: RegressionTask, theta: np.ndarray, steps: int, lr: fl
     return J.T @ task.test_grad(phi)
 
 
+def truncated_meta_gradient(task: RegressionTask, theta: np.ndarray, steps: int, lr: float,
+                            truncate: int) -> np.ndarray:
+    """Backprop through the last ``truncate`` of ``steps`` GD steps only: phi_{K-k} is held
+    constant, so dphi_K/dtheta = sum_{i<k} (I - lr (H + lam I))^i lr lam (the prox terms)."""
+    truncate = _check_positive_int("truncate", truncate)
+    if truncate > steps:
+        raise ValueError(f"truncate must be <= steps={steps}, got {truncate}")
+    phi, _ = gd_path(task, theta, steps, lr)
+    d = task.dim
+    step_matrix = np.eye(d) - lr * (task.train_hessian() + task.lam * np.eye(d))
+    J, power = np.zeros((d, d)), np.eye(d)
+    for _ in range(truncate):
+        J += power * lr * task.lam
+        power = step_matrix @ power
+    return J.T @ task.test_grad(phi)
+
+
 def agd_meta_gradient(task: RegressionTask, theta: np.ndarray, steps: int, lr: float,
                       momentum: float) -> np.ndarray:
     """d/dtheta L_test(phi_K) through K steps of Nesterov's AGD (exact)."""

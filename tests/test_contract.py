@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import synthetic
+import suite
 from suite import meta_gradient
 from suite.solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
 
@@ -20,7 +21,7 @@ SOLVERS = {
     "NewtonCG": lambda: NewtonCG(8, cg_steps=DIM),
     "LBFGS": lambda: ScipyLBFGS(500, tol=1e-14),
 }
-METHODS = ["exact", "imaml", "maml", "truncated", "fomaml"]
+METHODS = list(suite.METHODS)   # a method added to the registry must get a contract below
 OPTIONS = {"imaml": dict(cg_steps=DIM), "truncated": dict(truncate=None)}
 
 
@@ -49,7 +50,7 @@ def test_contract(method, solver_name, quad):
         assert synthetic.relative_error(grad, exact) < 1e-10
     elif method == "imaml":
         # Converged inner solution (error ~1e-15) and CG with dim iterations: the CG residual
-        # in float64 at kappa 10 is ~1e-13; 1e-8 is the bound with a wide margin.
+        # in float64 at kappa 10 is ~1e-13; 1e-8 leaves a wide margin.
         assert synthetic.relative_error(grad, exact) < 1e-8
         assert result.stats.cg_iterations <= DIM and result.stats.hvps >= result.stats.cg_iterations
     elif method == "maml":
@@ -71,7 +72,21 @@ def test_contract(method, solver_name, quad):
         if solver_name == "GD":
             phi_K, _ = synthetic.gd_path(ref, theta_np, solver.steps, solver.lr)
             np.testing.assert_allclose(phi, phi_K, rtol=1e-12, atol=1e-14)
+    else:
+        pytest.fail(f"method {method!r} is in suite.METHODS but has no contract here")
     assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("truncate", [1, 7, 30])
+def test_truncated_backprop_equals_its_closed_form(quad, truncate):
+    # Only the last k steps carry theta's influence, through the prox terms:
+    # J = sum_{i<k} (I - lr (H + lam I))^i lr lam, written in synthetic without torch.
+    ref, task, theta_np, theta = quad
+    solver = GD(60, 1 / L_SMOOTH)
+    got = meta_gradient("truncated", task, theta, lam=LAM, solver=solver, truncate=truncate)
+    want = synthetic.truncated_meta_gradient(ref, theta_np, solver.steps, solver.lr, truncate)
+    # k products of a contraction in float64: ~k eps relative.
+    assert synthetic.relative_error(got.grad.numpy(), want) < 1e-10
 
 
 def test_every_method_leaves_theta_untouched(quad):

@@ -106,7 +106,7 @@ def test_live_bytes_agree_with_cuda_allocator(method, options, cudnn):
         f = measure_memory(lambda: meta_gradient(method, tasks[0], theta, lam=10.0,
                                                  solver=GD(3, 0.1), **options), "cuda")
     # The caching allocator rounds blocks up (512 B minimum) and holds kernels' scratch space,
-    # which no tensor shows: the issue's 10% band (measured on an H200: +3.5% to +4.5%).
+    # which no tensor shows: a 10% band (measured on an H200: +3.5% to +4.5%).
     # cuDNN's convolution workspace is such scratch space, a few MB: with cuDNN, FOMAML's
     # 21 MB peak reads +23% on the allocator (results/gpu/gpu_checks_h200.log), so the methods
     # are compared with cuDNN off, and MAML (129 MB) with it on as well.
