@@ -23,7 +23,7 @@ import synthetic
 
 from .checks import check_device, check_int, cli_out_folder, cli_range
 from .linalg import CGBreakdown, hvp_at
-from .measure import measure_memory, time_call, time_calls
+from .measure import measure_memory, time_calls
 from .methods import meta_gradient_batch
 from .results import PROVENANCE, ResultsStore, provenance
 from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
@@ -77,12 +77,9 @@ def workload(cfg: dict):
     return _WORKLOADS[key]
 
 
-def run_point(cfg: dict, *, repeats: int, threads: int, memory: bool = True) -> dict:
-    """Measure one configuration; returns a full row (status ok, oom, cg_breakdown).
-
-    ``memory=False`` skips the meters and ``repeats=0`` the timing (their columns stay
-    empty: not measured); the meta-gradient is then computed once, for its error.
-    """
+def _prepare(cfg: dict, threads: int, repeats: int):
+    """(row with the configuration and provenance, the call computing the meta-gradient,
+    the dict its result lands in)."""
     tasks, theta, exact = workload(cfg)
     row = dict(cfg, n_params=theta.numel(), repeats=repeats,
                **provenance(device=cfg["device"], dtype=cfg["dtype"], threads=threads,
@@ -90,53 +87,97 @@ def run_point(cfg: dict, *, repeats: int, threads: int, memory: bool = True) -> 
     solver = make_solver(cfg["solver"], cfg["inner_steps"], cfg["lr"], cfg.get("kappa") or None)
     options = {"imaml": {"cg_steps": cfg["cg_steps"]},
                "truncated": {"truncate": cfg["truncate"]}}.get(cfg["method"], {})
-    out = {}
+    out = {"exact": exact}
 
     def call():
         out["result"] = meta_gradient_batch(cfg["method"], tasks, theta, lam=cfg["lam"],
                                             solver=solver, **options)
-    try:
-        if memory:
-            mem = measure_memory(call, cfg["device"])
-            row.update(peak_bytes=mem.peak_bytes, graph_bytes=mem.graph_bytes,
-                       cuda_peak_bytes=mem.cuda_peak_bytes, nvml_used_bytes=mem.nvml_used_bytes,
-                       nvml_process_bytes=mem.nvml_process_bytes, note=mem.memory_note)
-        else:
-            call()
-            row["note"] = "memory not measured"
-        if repeats:
-            timing = time_call(call, repeats=repeats, threads=threads, warmup=0)
-            row.update(time_s=timing.median_s, time_iqr_s=timing.iqr_s)
-    except torch.cuda.OutOfMemoryError as err:
-        torch.cuda.empty_cache()
-        return dict(row, status="oom", note=str(err).splitlines()[0])
-    except CGBreakdown as err:
-        return dict(row, status="cg_breakdown", note=str(err))
+    return row, call, out
+
+
+def _finish_row(row: dict, out: dict) -> dict:
     stats = out["result"].stats
     row.update(grad_evals=stats.grad_evals, hvps=stats.hvps, cg_iterations=stats.cg_iterations,
                cg_residual=stats.cg_residual, status="ok")
-    if exact is not None:
-        row["rel_error"] = synthetic.relative_error(out["result"].grad.cpu().numpy(), exact)
+    if out["exact"] is not None:
+        row["rel_error"] = synthetic.relative_error(out["result"].grad.cpu().numpy(),
+                                                    out["exact"])
     return row
 
 
+def run_points(cfgs: list[dict], *, repeats: int, threads: int, memory: bool = True
+               ) -> list[dict]:
+    """Measure configurations together: memory one by one, then their times interleaved
+    (``time_calls``), so that a drift of a shared machine hits all of them alike and their
+    ratios hold. Returns one full row per configuration (status ok, oom, cg_breakdown).
+
+    ``memory=False`` skips the meters and ``repeats=0`` the timing (their columns stay
+    empty: not measured); each meta-gradient is then computed once, for its error.
+    """
+    rows, calls = [], {}
+    for i, cfg in enumerate(cfgs):
+        row, call, out = _prepare(cfg, threads, repeats)
+        try:
+            if memory:
+                mem = measure_memory(call, cfg["device"])
+                row.update(peak_bytes=mem.peak_bytes, graph_bytes=mem.graph_bytes,
+                           cuda_peak_bytes=mem.cuda_peak_bytes,
+                           nvml_used_bytes=mem.nvml_used_bytes,
+                           nvml_process_bytes=mem.nvml_process_bytes, note=mem.memory_note)
+            else:
+                call()
+                row["note"] = "memory not measured"
+        except torch.cuda.OutOfMemoryError as err:
+            torch.cuda.empty_cache()
+            rows.append(dict(row, status="oom", note=str(err).splitlines()[0]))
+            continue
+        except CGBreakdown as err:
+            rows.append(dict(row, status="cg_breakdown", note=str(err)))
+            continue
+        rows.append(_finish_row(row, out))
+        calls[i] = call
+    if repeats and calls:
+        timings = time_calls(calls, repeats=repeats, threads=threads, warmup=0)
+        for i, t in timings.items():
+            rows[i].update(time_s=t.median_s, time_iqr_s=t.iqr_s)
+    return rows
+
+
+def run_point(cfg: dict, *, repeats: int, threads: int, memory: bool = True) -> dict:
+    """One configuration measured alone (see ``run_points``)."""
+    return run_points([cfg], repeats=repeats, threads=threads, memory=memory)[0]
+
+
 def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int | None = None,
-              memory: bool = True, progress: bool = True, desc: str = "sweep") -> ResultsStore:
-    """Run every configuration not already finished in ``out``; write after each row."""
-    check_int("repeats", repeats, minimum=1)
+              memory: bool = True, progress: bool = True, desc: str = "sweep",
+              interleave: tuple[str, ...] = ()) -> ResultsStore:
+    """Run every configuration not already finished in ``out``; write after each group.
+
+    Configurations that agree on the ``interleave`` columns (e.g. ``("inner_steps",)``: every
+    method at one step count) are timed together, interleaved, so that their time ratios
+    come from one run; without it each is timed alone.
+    """
+    check_int("repeats", repeats)
     threads = torch.get_num_threads() if threads is None else check_int("threads", threads, 1)
     store = ResultsStore(out, KEY, RESULTS)
     todo = [c for c in configs if not store.done(c)]
     if progress and len(todo) < len(configs):
         print(f"{out}: {len(configs) - len(todo)} of {len(configs)} points already done",
               file=sys.stderr)
-    for cfg in tqdm(todo, desc=desc, disable=not progress, unit="point"):
-        try:
-            row = run_point(cfg, repeats=repeats, threads=threads, memory=memory)
-        except Exception as err:  # recorded and retried on the next run, never a fake number
-            tqdm.write(f"error at {cfg}: {err}", file=sys.stderr)
-            row = dict(cfg, status="error", note=traceback.format_exception_only(err)[-1].strip())
-        store.add({c: row.get(c) for c in COLUMNS})
+    groups: dict[tuple, list[dict]] = {}
+    for i, c in enumerate(todo):
+        groups.setdefault(tuple(c.get(k) for k in interleave) if interleave else (i,), []).append(c)
+    with tqdm(total=len(todo), desc=desc, disable=not progress, unit="point") as bar:
+        for group in groups.values():
+            try:
+                rows = run_points(group, repeats=repeats, threads=threads, memory=memory)
+            except Exception as err:  # recorded and retried on the next run, never a fake number
+                tqdm.write(f"error at {group}: {err}", file=sys.stderr)
+                note = traceback.format_exception_only(err)[-1].strip()
+                rows = [dict(c, status="error", note=note) for c in group]
+            for row in rows:
+                store.add({c: row.get(c) for c in COLUMNS})
+            bar.update(len(group))
     return store
 
 
@@ -292,6 +333,7 @@ def main(argv=None) -> int:
                              k_shot=args.k_shot, meta_batch=args.meta_batch, device=args.device,
                              dtype=args.dtype, seed=args.seed)
     store = run_sweep(points, args.out, repeats=args.repeats, threads=args.threads,
+                      interleave=("kappa", "inner_steps"),
                       progress=not args.quiet, desc=args.command)
     frame = store.read()
     shown = [c for c in ["method", "inner_steps", "cg_steps", "truncate", "kappa", "rel_error",

@@ -32,3 +32,11 @@ def test_readme_example_runs_and_prints_the_documented_output():
             assert abs(e_got - e_want) <= 0.11 * 10 ** np.floor(np.log10(e_want)), (got, want)
         else:
             assert e_want / 10 <= e_got <= 10 * e_want, (got, want)
+
+
+def test_every_readme_python_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert len(blocks) >= 2
+    for i, code in enumerate(blocks[1:], start=2):
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(code, f"{README} (python block {i})", "exec"), {})

@@ -32,13 +32,28 @@ def test_rerun_resumes_without_recomputing(tmp_path, monkeypatch):
     sweeps.run_sweep(points[:3], out, repeats=1, progress=False)   # "interrupted" after 3
     before = pd.read_csv(out)
     calls = []
-    real = sweeps.run_point
-    monkeypatch.setattr(sweeps, "run_point", lambda cfg, **kw: calls.append(cfg) or real(cfg, **kw))
+    real = sweeps.run_points
+    monkeypatch.setattr(sweeps, "run_points",
+                        lambda cfgs, **kw: calls.extend(cfgs) or real(cfgs, **kw))
     sweeps.run_sweep(points, out, repeats=1, progress=False)
     assert len(calls) == 3                                            # only the missing ones
     after = pd.read_csv(out)
     assert len(after) == 6
     pd.testing.assert_frame_equal(after.iloc[:3], before)            # finished rows untouched
+
+
+def test_points_at_one_step_count_are_timed_together(tmp_path, monkeypatch):
+    groups = []
+    real = sweeps.time_calls
+    monkeypatch.setattr(sweeps, "time_calls",
+                        lambda fns, **kw: groups.append(len(fns)) or real(fns, **kw))
+    points = sweeps.error_points(**TINY)
+    sweeps.run_sweep(points, tmp_path / "i.csv", repeats=1, progress=False,
+                     interleave=("inner_steps",))
+    per_k = pd.Series([p["inner_steps"] for p in points]).value_counts()
+    assert sorted(groups) == sorted(per_k.tolist())     # one interleaved timing per K
+    frame = pd.read_csv(tmp_path / "i.csv")
+    assert frame.time_s.notna().all() and (frame.status == "ok").all()
 
 
 def test_cuda_oom_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):

@@ -218,7 +218,8 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
                           "ci95": acc[cfg.spec.evaluation]["ci95"]})
             done.add(learner.iteration)
 
-    curve_point()
+    if learner.iteration % cfg.eval_every == 0:   # a resumed run keeps the curve's grid
+        curve_point()
     while learner.iteration < cfg.max_iterations and learner.elapsed_s < cfg.budget_s:
         start = time.perf_counter()
         tasks = [ModuleTask(model, *sampler.sample()) for _ in range(cfg.meta_batch)]

@@ -1,0 +1,149 @@
+"""Every number the README's results quote, read back from the committed file it comes from.
+
+Each claim is a regular expression whose groups capture the README's numbers, and a function
+that formats the same numbers from the results files; a sentence that drifts from its file
+(or a file regenerated without updating the sentence) fails here.
+"""
+import math
+import pathlib
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from suite import claims
+from suite.omniglot import recipes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+RESULTS = ROOT / "results"
+
+
+def sci(x: float) -> str:
+    """One significant digit in scientific notation, as the README writes small errors: 4e-7."""
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def short(x: float) -> str:
+    """Two significant digits for numbers near 1 (0.54, 0.12), one-digit scientific below 0.01."""
+    return f"{x:.2g}" if x >= 0.01 else sci(x)
+
+
+def fig2a():
+    f = pd.read_csv(RESULTS / "figure2a.csv")
+    return f[f.status == "ok"]
+
+
+def err(frame, n_train, method, K=None, cg=None):
+    g = frame[(frame.n_train == n_train) & (frame.method == method)]
+    if cg is not None:
+        g = g[g.cg_steps == cg]
+    return g if K is None else float(g[g.inner_steps == K].rel_error.iloc[0])
+
+
+FULL, FEW, KMAX = 40, 4, 10000
+
+
+def fig2b():
+    f = pd.read_csv(RESULTS / "figure2b.csv")
+    return f[f.status == "ok"]
+
+
+def peak_mib(frame, method, K):
+    return frame[(frame.method == method) & (frame.inner_steps == K)].peak_bytes.iloc[0] / 2**20
+
+
+def mib_range(frame, method):
+    g = frame[frame.method == method].peak_bytes / 2**20
+    return f"{g.min():.1f}" if f"{g.min():.1f}" == f"{g.max():.1f}" else None
+
+
+def range2(series):
+    low, high = f"{series.min():.2g}", f"{series.max():.2g}"
+    return low if low == high else f"{low} to {high}"
+
+
+def gpu_maml16():
+    g = pd.read_csv(RESULTS / "gpu" / "cost_cnn_20w5s_h200.csv")
+    return g[(g.method == "maml") & (g.inner_steps == 16) & (g.status == "ok")].iloc[0]
+
+
+def omniglot_rows():
+    f = pd.read_csv(RESULTS / "omniglot" / "runs.csv")
+    specs = {n: r.spec() for n, r in recipes.RECIPES.items()}
+    return f[f.recipe_spec == f.recipe.map(specs)].set_index("recipe")
+
+
+def pct(acc, ci):
+    return f"{100 * acc:.1f} ± {100 * ci:.1f}"
+
+
+CLAIMS = {
+    "figure 2a, converged MAML and iMAML": (
+        r"At K = 10\^4, MAML reaches (\S+)\s+\(full rank\) and (\S+) \(few-shot\); iMAML with 50 CG "
+        r"steps (\S+) and\s+(\S+)\.",
+        lambda: [sci(err(fig2a(), n, m, KMAX, cg)) for m, cg, n in
+                 (("maml", None, FULL), ("maml", None, FEW), ("imaml", 50, FULL),
+                  ("imaml", 50, FEW))]),
+    "figure 2a, CG steps on a clustered spectrum": (
+        r"distinct eigenvalues\) 5 CG steps leave (\S+) and 2 steps (\S+) at K = 10\^4",
+        lambda: [short(err(fig2a(), FEW, "imaml", KMAX, c)) for c in (5, 2)]),
+    "figure 2a, CG steps on a spread spectrum": (
+        r"5 CG steps leave (\S+) and 20 steps\s+(\S+);",
+        lambda: [short(err(fig2a(), FULL, "imaml", KMAX, c)) for c in (5, 20)]),
+    "figure 2a, FOMAML's bias": (
+        r"FOMAML's error is its bias\*\*: (.+?) in the full-rank panel and\s+(.+?) in the few-shot",
+        lambda: [range2(err(fig2a(), n, "fomaml").rel_error) for n in (FULL, FEW)]),
+    "figure 2a, truncated beyond K = 10": (
+        r"stays near 1 beyond \((.+?) full rank, (.+?) few-shot\)",
+        lambda: [range2(err(fig2a(), n, "truncated").query("inner_steps > 10").rel_error)
+                 for n in (FULL, FEW)]),
+    "figure 2b, MAML memory": (
+        r"\*\*: (\S+) MiB per inner step, from\s+(\S+) MiB at 1 step to (\S+) MiB at 16",
+        lambda: [f"{claims._slope(fig2b()[fig2b().method == 'maml'].sort_values('inner_steps'), 'peak_bytes')[0] / 2**20:.1f}",
+                 f"{peak_mib(fig2b(), 'maml', 1):.1f}", f"{peak_mib(fig2b(), 'maml', 16):.1f}"]),
+    "figure 2b, flat memory": (
+        r"iMAML memory is flat: holds\*\*: (\S+) MiB at every K; FOMAML's too \((\S+) MiB\)",
+        lambda: [mib_range(fig2b(), "imaml"), mib_range(fig2b(), "fomaml")]),
+    "figure 2b, MAML time per step": (
+        r"\((\S+)x FOMAML's time per step\)",
+        lambda: [f"{claims._slope(fig2b()[fig2b().method == 'maml'].sort_values('inner_steps'), 'time_s')[0] / claims._slope(fig2b()[fig2b().method == 'fomaml'].sort_values('inner_steps'), 'time_s')[0]:.1f}"]),
+    "figure 2b, 12 GB": (
+        r"for one task at 16 steps is\s+(\S+) MB \(`results/gpu/cost_cnn_20w5s_h200.csv`; live "
+        r"tensor bytes (\S+) MB,\s+the same on the CPU\).*?by B ≈ (\S+) tasks",
+        lambda: [f"{gpu_maml16().cuda_peak_bytes / 1e6:.0f}", f"{gpu_maml16().peak_bytes / 1e6:.0f}",
+                 f"{12e9 / gpu_maml16().cuda_peak_bytes:.0f}"]),
+}
+
+
+@pytest.mark.parametrize("name", list(CLAIMS))
+def test_readme_number_matches_its_file(name):
+    pattern, values = CLAIMS[name]
+    m = re.search(pattern, README, re.S)
+    assert m, f"{name}: the sentence is gone from the README ({pattern})"
+    assert list(m.groups()) == values(), name
+
+
+def test_table1_rows_match_the_file():
+    fits = {f["spec"].label: f for f in claims._fits(pd.read_csv(RESULTS / "table1.csv"))}
+    rows = re.findall(r"^\| (.+?) \| ([-\d.]+) \((\S+)\) \| ([-\d.]+) \((\S+)\) \|$", README, re.M)
+    assert len(rows) == len(fits)
+    for label, c, ct, m, mt in rows:
+        f = fits[label]
+        assert (c, ct, m, mt) == (f"{f['compute_exp']:.2f}", f"{f['spec'].compute_exponent:g}",
+                                  f"{f['memory_exp']:.2f}".replace("-0.00", "0.00"),
+                                  f"{f['spec'].memory_exponent:g}"), label
+
+
+def test_omniglot_table_matches_runs():
+    runs = omniglot_rows()
+    rows = re.findall(r"^\| `([\w.-]+)` \| ([\d.]+ ± [\d.]+) \| ([\d.]+ ± [\d.]+) \| (\d+) \|",
+                      README, re.M)
+    assert rows, "the README's Omniglot table is gone"
+    for recipe, as_trained, plain, iterations in rows:
+        r = runs.loc[recipe]
+        assert as_trained == pct(r.acc_as_trained, r.ci95_as_trained), recipe
+        assert plain == pct(r.acc_plain_gd, r.ci95_plain_gd), recipe
+        assert int(iterations) == int(r.iterations), recipe
