@@ -2,6 +2,7 @@
 range exactly as it is checked."""
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -84,3 +85,7 @@ def cli_out_folder(parser, flag: str, path) -> None:
     folder = Path(path).resolve().parent
     if not folder.is_dir():
         parser.error(f"{flag} {path}: the folder {folder} does not exist (create it first)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the description's layout and shows every flag's default."""

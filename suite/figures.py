@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from suite import claims, table1  # noqa: E402
-from suite.checks import check_device  # noqa: E402
+from suite.checks import HelpFormatter, check_device  # noqa: E402
 from suite.results import ResultsStore  # noqa: E402
 from suite.sweeps import cost_points, error_points, hvp_cost, run_sweep  # noqa: E402
 from suite.workloads import synthetic_workload  # noqa: E402
@@ -212,15 +212,15 @@ def save(fig, name: str) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python suite/figures.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--full", action="store_true",
                         help="the paper's scale: kappa up to 1e4, more steps (hours on a CPU)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--from-results", action="store_true",
                         help="re-plot from results/*.csv without computing")
     parser.add_argument("--only", nargs="+", choices=["fig2a", "fig2b", "table1"],
                         default=["fig2a", "fig2b", "table1"], help="which outputs to make")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     check_device(args.device)

@@ -295,7 +295,8 @@ def meta_gradient(method: str, task, theta: torch.Tensor, *, lam: float, solver=
     """The meta-gradient of ``task`` at ``theta`` by ``method`` (see ``METHODS``).
 
     Options per method: ``truncate`` ("truncated"); ``cg_steps``, ``cg_tol``,
-    ``on_breakdown``, ``curvature`` and ``linear_solver`` ("imaml"); ``max_newton`` ("exact"). ``stats.wall_time_s`` covers the whole computation.
+    ``on_breakdown``, ``curvature`` and ``linear_solver`` ("imaml"); ``max_newton`` ("exact").
+    ``stats.wall_time_s`` covers the whole computation.
     """
     lam = _validate(method, task, theta, lam, solver)
     start = time.perf_counter()

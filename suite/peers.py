@@ -24,7 +24,7 @@ import torch
 from torch.func import functional_call, grad
 
 from .batched import BatchedTasks, batched_meta_gradient
-from .checks import check_device
+from .checks import HelpFormatter, check_device
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient_batch
 from .results import ResultsStore, provenance
@@ -257,21 +257,23 @@ def report(frame: pd.DataFrame, source: str = "results/peers.csv") -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suite.peers", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 15, 25],
-                        help="inner steps, per task (default 5 15 25)")
+                        help="inner steps, per task")
     parser.add_argument("--batch-steps", type=int, nargs="+", default=[5],
-                        help="inner steps of the meta-batch comparison (default 5)")
-    parser.add_argument("--meta-batch", type=int, default=16)
-    parser.add_argument("--lam", type=float, default=10.0, help="iMAML's lam (default 10)")
-    parser.add_argument("--n-way", type=int, default=20)
-    parser.add_argument("--k-shot", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "peers.csv")
+                        help="inner steps of the meta-batch comparison")
+    parser.add_argument("--meta-batch", type=int, default=16,
+                        help="tasks of the batched comparison")
+    parser.add_argument("--lam", type=float, default=10.0, help="iMAML's lam")
+    parser.add_argument("--n-way", type=int, default=20, help="classes per task")
+    parser.add_argument("--k-shot", type=int, default=5, help="images per class")
+    parser.add_argument("--repeats", type=int, default=2, help="timed repeats (median, IQR)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "peers.csv",
+                        help="CSV of rows (resumed if present)")
     parser.add_argument("--report", type=Path, default=ROOT / "reports" / "peers.md",
-                        help="markdown report to write (default reports/peers.md)")
+                        help="markdown report to write")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the report from the rows in --out (no measurement)")
     args = parser.parse_args(argv)

@@ -84,15 +84,16 @@ class InnerDivergence(ArithmeticError):
 DIVERGENCE_GROWTH = 1e4
 
 
-def run_solver(solver, problem: InnerProblem, unroll: int = 0) -> "InnerResult":
-    """``solver.solve(problem, unroll)``, refused (``InnerDivergence``) when it diverged.
+def run_solver(solver, problem: InnerProblem, unroll: int = 0, **options) -> "InnerResult":
+    """``solver.solve(problem, unroll, **options)``, refused (``InnerDivergence``) when it
+    diverged.
 
     Every caller of an inner solver goes through here, so divergence is detected for every
     solver alike: a non-finite output, or a full-batch gradient that ends more than
     ``DIVERGENCE_GROWTH`` times larger than at theta (GD with lr * curvature > 2 grows it
     geometrically; a converging or merely slow solver shrinks it).
     """
-    result = solver.solve(problem, unroll=unroll)
+    result = solver.solve(problem, unroll=unroll, **options)
     first, last = problem.grad_norm_at_theta, problem.last_grad_norm
     finite = bool(torch.isfinite(result.phi).all())
     if not finite or (first and last is not None and last > DIVERGENCE_GROWTH * first):
@@ -312,7 +313,9 @@ class Adam:
         return [order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
                 for i in range(self.steps)]
 
-    def solve(self, problem: InnerProblem, unroll: int = 0) -> InnerResult:
+    def solve(self, problem: InnerProblem, unroll: int = 0, batches=None) -> InnerResult:
+        """``batches``: the mini-batches' row indices, drawn by ``batches(n)`` (default: drawn
+        now from ``rng``)."""
         if unroll:
             raise ValueError("Adam is not differentiable here: it cannot be unrolled "
                              "(use it with 'fomaml' or Reptile)")
@@ -322,7 +325,7 @@ class Adam:
                             "and restricted(index) (ModuleTask has them)")
         phi = problem.theta.detach().clone()
         m, v = torch.zeros_like(phi), torch.zeros_like(phi)
-        for t, index in enumerate(self.batches(n), start=1):
+        for t, index in enumerate(self.batches(n) if batches is None else batches, start=1):
             g = problem.grad(phi, index=index)
             m = self.beta1 * m + (1 - self.beta1) * g
             v = self.beta2 * v + (1 - self.beta2) * g * g
@@ -370,6 +373,5 @@ class ScipyLBFGS:
         return f"ScipyLBFGS(max_iter={self.max_iter}, tol={self.tol:g})"
 
 
-__all__ = ["InnerProblem", "InnerResult", "InnerDivergence", "run_solver", "GD", "PullBackGD", "NesterovAGD", "NewtonCG",
-           "Adam", "ScipyLBFGS",
-           "backtracking_step"]
+__all__ = ["InnerProblem", "InnerResult", "InnerDivergence", "run_solver", "GD", "PullBackGD",
+           "NesterovAGD", "NewtonCG", "Adam", "ScipyLBFGS", "backtracking_step"]

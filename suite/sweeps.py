@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -21,7 +22,8 @@ from tqdm import tqdm
 
 import synthetic
 
-from .checks import check_device, check_int, cli_out_folder, cli_range
+from .checks import HelpFormatter, check_device, check_int, cli_out_folder, cli_range
+from .distributed import World, close, init
 from .linalg import CGBreakdown, hvp_at
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient_batch
@@ -150,35 +152,47 @@ def run_point(cfg: dict, *, repeats: int, threads: int, memory: bool = True) -> 
 
 def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int | None = None,
               memory: bool = True, progress: bool = True, desc: str = "sweep",
-              interleave: tuple[str, ...] = ()) -> ResultsStore:
+              interleave: tuple[str, ...] = (), world: World = World()) -> ResultsStore:
     """Run every configuration not already finished in ``out``; write after each group.
 
     Configurations that agree on the ``interleave`` columns (e.g. ``("inner_steps",)``: every
     method at one step count) are timed together, interleaved, so that their time ratios
-    come from one run; without it each is timed alone.
+    come from one run; without it each is timed alone. With several processes (``world``)
+    each rank measures its share of the groups, round by round, and rank 0 writes every
+    round's rows into the one CSV (so an interrupted run still resumes).
     """
     check_int("repeats", repeats)
     threads = torch.get_num_threads() if threads is None else check_int("threads", threads, 1)
     store = ResultsStore(out, KEY, RESULTS)
     todo = [c for c in configs if not store.done(c)]
-    if progress and len(todo) < len(configs):
+    if progress and world.main and len(todo) < len(configs):
         print(f"{out}: {len(configs) - len(todo)} of {len(configs)} points already done",
               file=sys.stderr)
     groups: dict[tuple, list[dict]] = {}
     for i, c in enumerate(todo):
         groups.setdefault(tuple(c.get(k) for k in interleave) if interleave else (i,), []).append(c)
-    with tqdm(total=len(todo), desc=desc, disable=not progress, unit="point") as bar:
-        for group in groups.values():
-            try:
-                rows = run_points(group, repeats=repeats, threads=threads, memory=memory)
-            except Exception as err:  # recorded and retried on the next run, never a fake number
-                tqdm.write(f"error at {group}: {err}", file=sys.stderr)
-                note = traceback.format_exception_only(err)[-1].strip()
-                rows = [dict(c, status="error", note=note) for c in group]
-            for row in rows:
-                store.add({c: row.get(c) for c in COLUMNS})
-            bar.update(len(group))
+    ordered = list(groups.values())
+    with tqdm(total=len(todo), desc=desc, disable=not (progress and world.main),
+              unit="point") as bar:
+        for start in range(0, len(ordered), world.size):
+            mine = start + world.rank
+            rows = _measure_group(ordered[mine], repeats, threads, memory) \
+                if mine < len(ordered) else []
+            for part in world.gather(rows):
+                if world.main:
+                    for row in part:
+                        store.add({c: row.get(c) for c in COLUMNS})
+                bar.update(len(part))
     return store
+
+
+def _measure_group(group, repeats, threads, memory) -> list[dict]:
+    try:
+        return run_points(group, repeats=repeats, threads=threads, memory=memory)
+    except Exception as err:  # recorded and retried on the next run, never a fake number
+        tqdm.write(f"error at {group}: {err}", file=sys.stderr)
+        note = traceback.format_exception_only(err)[-1].strip()
+        return [dict(c, status="error", note=note) for c in group]
 
 
 def _point(**kw) -> dict:
@@ -256,21 +270,24 @@ def hvp_cost(task, theta, *, repeats: int = 5, threads: int | None = None) -> di
 
 def _common_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", type=Path, default=Path(out), help="CSV to write (resumed if present)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
-                   help="float64 for synthetic tasks, float32 for the CNN by default")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+                   help="None: float64 for synthetic tasks, float32 for the CNN")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (median, IQR)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lam", type=float, default=None, help="regularisation lam of G")
+    p.add_argument("--seed", type=int, default=0, help="seed of the tasks and theta")
+    p.add_argument("--lam", type=float, default=None,
+                   help="regularisation lam of G (None: 1 synthetic, 10 CNN)")
     p.add_argument("--meta-batch", type=int, default=1, help="tasks per meta-gradient")
     p.add_argument("--methods", nargs="+", default=["maml", "fomaml", "truncated", "imaml"],
-                   choices=["maml", "fomaml", "truncated", "imaml"])
+                   choices=["maml", "fomaml", "truncated", "imaml"], help="methods to measure")
     p.add_argument("--steps", type=int, nargs="+", required=True, help="inner GD steps")
     p.add_argument("--cg-steps", type=int, nargs="+", default=[5], help="CG steps (iMAML)")
     p.add_argument("--truncate", type=int, nargs="+", default=[5],
                    help="steps kept by truncated backprop (capped at the inner steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--shared-timing", action="store_true",
+                   help="under torchrun, time points although several ranks share one CPU")
 
 
 def check_arguments(parser, args) -> None:
@@ -290,31 +307,46 @@ def check_arguments(parser, args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suite.sweeps", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("error", help="meta-gradient error on synthetic tasks")
+    e = sub.add_parser("error", help="meta-gradient error on synthetic tasks",
+                       formatter_class=HelpFormatter)
     _common_args(e, "results/error_sweep.csv")
-    e.add_argument("--kappas", type=float, nargs="+", default=[10.0, 100.0, 1000.0])
-    e.add_argument("--dim", type=int, default=20)
+    e.add_argument("--kappas", type=float, nargs="+", default=[10.0, 100.0, 1000.0],
+                   help="condition numbers of G")
+    e.add_argument("--dim", type=int, default=20, help="parameters of the synthetic task")
     e.add_argument("--n-train", type=int, default=None,
-                   help="training points per task (default 2 x dim; < dim: few-shot)")
-    c = sub.add_parser("cost", help="time and memory (synthetic or the 4-layer CNN)")
+                   help="training points per task (None: 2 x dim; < dim: few-shot)")
+    c = sub.add_parser("cost", help="time and memory (synthetic or the 4-layer CNN)",
+                       formatter_class=HelpFormatter)
     _common_args(c, "results/cost_sweep.csv")
-    c.add_argument("--workload", choices=["cnn", "synthetic"], default="cnn")
-    c.add_argument("--n-way", type=int, default=20)
-    c.add_argument("--k-shot", type=int, default=5)
+    c.add_argument("--workload", choices=["cnn", "synthetic"], default="cnn",
+                   help="the 4-layer CNN on random images, or a synthetic regression")
+    c.add_argument("--n-way", type=int, default=20, help="CNN: classes per task")
+    c.add_argument("--k-shot", type=int, default=5, help="CNN: images per class")
     c.add_argument("--kappa", type=float, default=100.0, help="synthetic workload only")
     c.add_argument("--dim", type=int, default=100, help="synthetic workload only")
-    c.add_argument("--lr", type=float, default=None, help="inner GD step size")
-    h = sub.add_parser("hvp-cost", help="cost of one HVP in gradients on the 4-layer CNN")
-    h.add_argument("--n-way", type=int, default=20, help="classes per task (default: 20)")
-    h.add_argument("--k-shot", type=int, default=5, help="images per class (default: 5)")
-    h.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
-    h.add_argument("--repeats", type=int, default=5, help="timed repeats (default: 5)")
-    h.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    c.add_argument("--lr", type=float, default=None,
+                   help="inner GD step size (None: 0.1 CNN, 1/L synthetic)")
+    h = sub.add_parser("hvp-cost", help="cost of one HVP in gradients on the 4-layer CNN",
+                       formatter_class=HelpFormatter)
+    h.add_argument("--n-way", type=int, default=20, help="classes per task")
+    h.add_argument("--k-shot", type=int, default=5, help="images per class")
+    h.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    h.add_argument("--repeats", type=int, default=5, help="timed repeats")
+    h.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     check_device(args.device)
+    world, _ = init(args.device)
+    if world.size > 1:
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+        timing = args.command == "hvp-cost" or args.repeats > 0
+        if timing and ranks_here > 1 and torch.device(args.device).type == "cpu" \
+                and not getattr(args, "shared_timing", False):
+            parser.error(f"{ranks_here} ranks share this machine's CPU, so their timings would "
+                         "disturb each other: use --repeats 0 (errors and memory only), one "
+                         "device per rank (--device cuda), or --shared-timing to accept it")
     if args.command == "hvp-cost":
         tasks, theta = cnn_tasks(n_way=args.n_way, k_shot=args.k_shot, device=args.device)
         for k, v in hvp_cost(tasks[0], theta, repeats=args.repeats, threads=args.threads).items():
@@ -334,7 +366,10 @@ def main(argv=None) -> int:
                              dtype=args.dtype, seed=args.seed)
     store = run_sweep(points, args.out, repeats=args.repeats, threads=args.threads,
                       interleave=("kappa", "inner_steps"),
-                      progress=not args.quiet, desc=args.command)
+                      progress=not args.quiet, desc=args.command, world=world)
+    close()
+    if not world.main:
+        return 0
     frame = store.read()
     shown = [c for c in ["method", "inner_steps", "cg_steps", "truncate", "kappa", "rel_error",
                          "time_s", "peak_bytes", "graph_bytes", "status"] if c in frame]

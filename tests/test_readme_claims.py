@@ -51,6 +51,10 @@ def fig2b():
     return f[f.status == "ok"]
 
 
+def slope(frame, method, column):
+    return claims._slope(frame[frame.method == method].sort_values("inner_steps"), column)[0]
+
+
 def peak_mib(frame, method, K):
     return frame[(frame.method == method) & (frame.inner_steps == K)].peak_bytes.iloc[0] / 2**20
 
@@ -102,14 +106,14 @@ CLAIMS = {
                  for n in (FULL, FEW)]),
     "figure 2b, MAML memory": (
         r"\*\*: (\S+) MiB per inner step, from\s+(\S+) MiB at 1 step to (\S+) MiB at 16",
-        lambda: [f"{claims._slope(fig2b()[fig2b().method == 'maml'].sort_values('inner_steps'), 'peak_bytes')[0] / 2**20:.1f}",
+        lambda: [f"{slope(fig2b(), 'maml', 'peak_bytes') / 2**20:.1f}",
                  f"{peak_mib(fig2b(), 'maml', 1):.1f}", f"{peak_mib(fig2b(), 'maml', 16):.1f}"]),
     "figure 2b, flat memory": (
         r"iMAML memory is flat: holds\*\*: (\S+) MiB at every K; FOMAML's too \((\S+) MiB\)",
         lambda: [mib_range(fig2b(), "imaml"), mib_range(fig2b(), "fomaml")]),
     "figure 2b, MAML time per step": (
         r"\((\S+)x FOMAML's time per step\)",
-        lambda: [f"{claims._slope(fig2b()[fig2b().method == 'maml'].sort_values('inner_steps'), 'time_s')[0] / claims._slope(fig2b()[fig2b().method == 'fomaml'].sort_values('inner_steps'), 'time_s')[0]:.1f}"]),
+        lambda: [f"{slope(fig2b(), 'maml', 'time_s') / slope(fig2b(), 'fomaml', 'time_s'):.1f}"]),
     "figure 2b, 12 GB": (
         r"for one task at 16 steps is\s+(\S+) MB \(`results/gpu/cost_cnn_20w5s_h200.csv`; live "
         r"tensor bytes (\S+) MB,\s+the same on the CPU\).*?by B ≈ (\S+) tasks",

@@ -11,6 +11,9 @@ Recipes are compared at an equal number of outer iterations (``--iterations``, d
 1-shot, one iteration takes about 0.5 s (first-order MAML) to 2 s (MAML, iMAML-HF): ``table2``
 runs about 40 minutes, ``variants`` about 90.
 
+Under ``torchrun --nproc_per_node N`` each meta-batch is split across the N processes (gloo
+on CPU, nccl on CUDA with one GPU per process); rank 0 alone writes. See the README.
+
 ``--data small`` reads the two small archives (default: ../shared/data/omniglot): small1
 for meta-training, the characters of small2 that small1 lacks for meta-testing.
 ``--data full`` reads images_background.zip and images_evaluation.zip from ``--root``:
@@ -25,10 +28,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from .. import distributed
 from ..checks import check_device
+from ..distributed import World
 from ..results import ResultsStore
 from . import data, recipes, report
-from .train import TrainConfig, evaluate, run_provenance, train
+from .train import TrainConfig, check_divisible_meta_batch, evaluate, run_provenance, train
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data" / "omniglot"
@@ -90,16 +95,16 @@ def add_training_args(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def run_recipe(args, cfg: TrainConfig, train_chars, test_chars) -> dict:
+def run_recipe(args, cfg: TrainConfig, train_chars, test_chars, world: World) -> dict:
     """Train (nothing for 'untrained'), evaluate both adaptations, return the result row."""
     tag = f"{cfg.n_way}w{cfg.k_shot}s-{args.data}"
     if cfg.spec.method is None:
         cfg.max_iterations = 0
-    with tqdm(desc=f"{cfg.recipe} ({tag})", unit="it", disable=args.quiet,
+    with tqdm(desc=f"{cfg.recipe} ({tag})", unit="it", disable=args.quiet or not world.main,
               total=cfg.max_iterations) as bar:
         learner = train(cfg, train_chars, args.out / tag / cfg.recipe, heldout=test_chars,
-                        progress=bar)
-    scores = evaluate(cfg, learner.theta.detach(), test_chars)
+                        progress=bar, world=world)
+    scores = evaluate(cfg, learner.theta.detach(), test_chars, world=world)
     head = scores[cfg.spec.evaluation]
     return {"recipe": cfg.recipe, "setting": tag, "iterations_asked": args.iterations,
             "recipe_spec": cfg.spec.spec(),
@@ -108,27 +113,35 @@ def run_recipe(args, cfg: TrainConfig, train_chars, test_chars) -> dict:
             "acc_as_trained": scores["as-trained"]["accuracy"],
             "ci95_as_trained": scores["as-trained"]["ci95"],
             "acc_plain_gd": scores["plain-gd"]["accuracy"],
-            "ci95_plain_gd": scores["plain-gd"]["ci95"], "status": "ok",
+            "ci95_plain_gd": scores["plain-gd"]["ci95"], "world_size": world.size,
+            "status": "ok",
             **run_provenance(cfg),
             **{k: v for k, v in cfg.as_dict().items() if k not in ("recipe", "device", "seed")}}
 
 
-def run_all(args, names: list[str], store: ResultsStore) -> None:
+def run_all(args, names: list[str], store: ResultsStore, world: World) -> None:
     configs = [config_from(args, n) for n in names]       # every argument checked first
-    check_device(args.device)
+    for cfg in configs:
+        check_divisible_meta_batch(cfg, world)
     pending = [c for c in configs if args.retrain or not store.done(
         {"recipe": c.recipe, "setting": f"{c.n_way}w{c.k_shot}s-{args.data}",
          "iterations_asked": args.iterations, "recipe_spec": c.spec.spec()})]
     if not pending:
         return
+    if not world.main:
+        world.barrier()            # rank 0 fills the image cache first
     train_chars, test_chars = load_split(args)
-    print(f"meta-training characters: {len(train_chars.names)}, meta-testing: "
-          f"{len(test_chars.names)} (x4 rotations each)", file=sys.stderr)
+    if world.main:
+        world.barrier()
+        print(f"meta-training characters: {len(train_chars.names)}, meta-testing: "
+              f"{len(test_chars.names)} (x4 rotations each), {world.size} process(es)",
+              file=sys.stderr)
     for cfg in pending:
-        row = run_recipe(args, cfg, train_chars, test_chars)
-        store.add(row)
-        print(f"{cfg.recipe}: {100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}% "
-              f"({row['evaluation']}) after {row['iterations']} iterations", file=sys.stderr)
+        row = run_recipe(args, cfg, train_chars, test_chars, world)
+        if world.main:
+            store.add(row)
+            print(f"{cfg.recipe}: {100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}% "
+                  f"({row['evaluation']}) after {row['iterations']} iterations", file=sys.stderr)
 
 
 def rows_for(store: ResultsStore, args, names, what: str, required: bool = True) -> pd.DataFrame:
@@ -193,7 +206,14 @@ def main(argv=None) -> int:
     store = ResultsStore(args.out / "runs.csv", KEY, ["accuracy", "ci95"])
     names = [args.recipe] if args.command == "train" else args.recipes
     if not getattr(args, "report_only", False):
-        run_all(args, names, store)
+        check_device(args.device)
+        world, args.device = distributed.init(args.device)
+        try:
+            run_all(args, names, store, world)
+        finally:
+            distributed.close()
+        if not world.main:
+            return 0
     if args.command == "train":
         return 0
     reports = ROOT / "reports"

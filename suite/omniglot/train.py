@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 
 from ..checks import check_float, check_int
-from ..methods import meta_gradient, meta_gradient_batch
+from ..distributed import World
+from ..methods import Stats, meta_gradient, meta_gradient_batch
 from ..results import provenance, write_csv_atomic
 from ..solvers import InnerProblem, run_solver
 from ..tasks import ModuleTask
@@ -38,6 +39,7 @@ EVAL_SEED = 12345      # held-out tasks of the final evaluation
 CURVE_SEED = 54321     # held-out tasks of the learning curve
 PROBE_SEED = 999       # the training task of the cosine probe
 # Fields that may change between a checkpoint and its resumption.
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 RESUMABLE = ("max_iterations", "budget_s", "eval_tasks", "checkpoint_every", "eval_every",
              "curve_tasks", "probe_every", "device")
 
@@ -64,6 +66,7 @@ class TrainConfig:
     eval_every: int = 50          # learning-curve point every this many iterations
     curve_tasks: int = 100
     probe_every: int = 25
+    dtype: str = "float32"
 
     def __post_init__(self):
         self.spec = recipes.get(self.recipe)
@@ -75,6 +78,8 @@ class TrainConfig:
         check_int("seed", self.seed)
         check_float("inner_lr", self.inner_lr, 0.0)
         check_float("outer_lr", self.outer_lr, 0.0)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s!r}")
         if self.spec.method == "reptile" and self.k_shot > recipes.REPTILE["train_shots"]:
@@ -101,28 +106,39 @@ class Learner:
 
 def model_for(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
-    return conv4(cfg.n_way).to(cfg.device)
+    return conv4(cfg.n_way).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+
+
+def sampler_for(cfg: TrainConfig, chars: Characters, *, seed: int, k_shot: int | None = None,
+                k_query: int | None = None) -> TaskSampler:
+    return TaskSampler(chars, cfg.n_way, k_shot or cfg.k_shot, k_query or cfg.k_query,
+                       seed=seed, device=cfg.device, dtype=DTYPES[cfg.dtype])
 
 
 def train_sampler(cfg: TrainConfig, chars: Characters) -> TaskSampler:
     per_char = chars.images.shape[1]
-    k_query = min(cfg.k_query, per_char - cfg.train_shots)
-    return TaskSampler(chars, cfg.n_way, cfg.train_shots, k_query, seed=cfg.seed,
-                       device=cfg.device)
+    return sampler_for(cfg, chars, seed=cfg.seed, k_shot=cfg.train_shots,
+                       k_query=min(cfg.k_query, per_char - cfg.train_shots))
 
 
-def outer_direction(cfg: TrainConfig, solver, tasks, theta):
-    """The direction handed to the outer optimizer and the diagnostics of computing it."""
+def outer_direction(cfg: TrainConfig, solver, tasks, theta, world: World = World()):
+    """The direction handed to the outer optimizer (the mean over all ``tasks``, of which
+    this rank computes its share) and the diagnostics of computing it."""
     spec = cfg.spec
+    mine = world.share(len(tasks))
     if spec.method == "reptile":
-        phis = [run_solver(solver, InnerProblem(t, theta.detach(), spec.lam)).phi for t in tasks]
-        return theta.detach() - torch.stack(phis).mean(0), {}
-    result = meta_gradient_batch(spec.method, tasks, theta.detach(), lam=spec.lam,
-                                 solver=solver, **spec.meta_options(cfg))
-    s = result.stats
+        # Every rank draws every task's mini-batches, so the shared stream stays in step.
+        batches = [solver.batches(t.train_size) for t in tasks]
+        phis = [run_solver(solver, InnerProblem(tasks[i], theta.detach(), spec.lam),
+                           batches=batches[i]).phi for i in mine]
+        return world.mean(theta.detach() - torch.stack(phis).mean(0)), {}
+    result = meta_gradient_batch(spec.method, [tasks[i] for i in mine], theta.detach(),
+                                 lam=spec.lam, solver=solver, **spec.meta_options(cfg))
+    direction = world.mean(result.grad)
     if not spec.implicit:
-        return result.grad, {}
-    return result.grad, {
+        return direction, {}
+    s = Stats.combine(world.gather(result.stats))
+    return direction, {
         "inner_stationarity": s.inner_stationarity, "cg_residual": s.cg_residual,
         "cg_breakdown": s.cg_breakdowns / len(tasks), "cg_breakdown_iteration":
             s.cg_breakdown_iteration, "cg_min_curvature": s.cg_min_curvature,
@@ -135,7 +151,7 @@ def probe_cosine(cfg: TrainConfig, solver, task, theta) -> float:
     spec = cfg.spec
     if not getattr(solver, "differentiable", False):
         return math.nan
-    own, _ = outer_direction(cfg, solver, [task], theta)
+    own, _ = outer_direction(cfg, solver, [task], theta)   # this process alone
     exact = meta_gradient("maml", task, theta.detach(), lam=spec.lam, solver=solver).grad
     return float(torch.dot(own, exact) / (own.norm() * exact.norm()))
 
@@ -164,9 +180,9 @@ def _same_run(saved: dict, cfg: TrainConfig) -> bool:
     return old == current
 
 
-def save(learner: Learner, cfg: TrainConfig, out: Path, rngs: dict) -> None:
+def save(learner: Learner, cfg: TrainConfig, out: Path, rngs: dict, world: World) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    state = {"config": cfg.as_dict(), "recipe_spec": cfg.spec.spec(),
+    state = {"config": cfg.as_dict(), "recipe_spec": cfg.spec.spec(), "world_size": world.size,
              "theta": learner.theta.detach().cpu(),
              "optimizer": learner.optimizer.state_dict(), "iteration": learner.iteration,
              "elapsed_s": learner.elapsed_s,
@@ -177,17 +193,18 @@ def save(learner: Learner, cfg: TrainConfig, out: Path, rngs: dict) -> None:
 
 
 def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters | None = None,
-          progress=None) -> Learner:
+          progress=None, world: World = World()) -> Learner:
     """Train until ``max_iterations`` or ``budget_s``; resumes from ``out/checkpoint.pt``
-    (same recipe and settings) and appends to ``out/metrics.csv`` (and ``out/curve.csv``
-    when ``heldout`` characters are given)."""
+    (same recipe and settings, any number of processes) and appends to ``out/metrics.csv``
+    (and ``out/curve.csv`` when ``heldout`` characters are given). With several processes
+    (``world``) each computes its share of every meta-batch and rank 0 alone writes."""
+    check_divisible_meta_batch(cfg, world)
     model = model_for(cfg)
     sampler = train_sampler(cfg, chars)
     solver_rng = np.random.default_rng(cfg.seed + 1)
     rngs = {"sampler": sampler.rng, "solver": solver_rng}
     solver = cfg.spec.train_solver(cfg, solver_rng)
-    probe = ModuleTask(model, *TaskSampler(chars, cfg.n_way, cfg.k_shot, cfg.k_query,
-                                           seed=PROBE_SEED, device=cfg.device).sample())
+    probe = ModuleTask(model, *sampler_for(cfg, chars, seed=PROBE_SEED).sample())
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_(True)
     learner = Learner(theta, make_optimizer(cfg, theta))
     rows, curve = [], []
@@ -212,7 +229,7 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     def curve_point():
         if heldout is not None and learner.iteration not in done:
             acc = evaluate(cfg, learner.theta.detach(), heldout, tasks=cfg.curve_tasks,
-                           seed=CURVE_SEED, adaptations=(cfg.spec.evaluation,))
+                           seed=CURVE_SEED, adaptations=(cfg.spec.evaluation,), world=world)
             curve.append({"iteration": learner.iteration, "train_s": learner.elapsed_s,
                           "accuracy": acc[cfg.spec.evaluation]["accuracy"],
                           "ci95": acc[cfg.spec.evaluation]["ci95"]})
@@ -223,7 +240,7 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     while learner.iteration < cfg.max_iterations and learner.elapsed_s < cfg.budget_s:
         start = time.perf_counter()
         tasks = [ModuleTask(model, *sampler.sample()) for _ in range(cfg.meta_batch)]
-        direction, info = outer_direction(cfg, solver, tasks, theta)
+        direction, info = outer_direction(cfg, solver, tasks, theta, world)
         if not bool(torch.isfinite(direction).all()):
             raise FloatingPointError(f"{cfg.recipe}: the outer direction at iteration "
                                      f"{learner.iteration + 1} is not finite")
@@ -233,9 +250,15 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
         learner.optimizer.zero_grad()
         theta.grad = direction
         learner.optimizer.step()
-        seconds = time.perf_counter() - start
+        seconds = max(world.gather(time.perf_counter() - start))   # the slowest rank's
         learner.iteration += 1
         learner.elapsed_s += seconds
+        if progress is not None:
+            progress.update(1)
+        if learner.iteration % cfg.eval_every == 0:
+            curve_point()
+        if not world.main:
+            continue
         with torch.no_grad():
             query_loss = float(np.mean([float(t.test_loss(theta)) for t in tasks[:2]]))
         row = {"iteration": learner.iteration, "seconds": seconds,
@@ -245,19 +268,25 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
         if learner.iteration % cfg.probe_every == 0 or learner.iteration == 1:
             row["probe_cosine_to_maml"] = probe_cosine(cfg, solver, probe, theta)
         rows.append(row)
-        if progress is not None:
-            progress.update(1)
-        if learner.iteration % cfg.eval_every == 0:
-            curve_point()
         if learner.iteration % cfg.checkpoint_every == 0:
-            _flush(learner, cfg, out, rngs, rows, curve)
+            _flush(learner, cfg, out, rngs, rows, curve, world)
     curve_point()
-    _flush(learner, cfg, out, rngs, rows, curve)
+    _flush(learner, cfg, out, rngs, rows, curve, world)
+    world.barrier()   # the checkpoint is complete before any rank goes on
     return learner
 
 
-def _flush(learner, cfg, out, rngs, rows, curve):
-    save(learner, cfg, out, rngs)
+def check_divisible_meta_batch(cfg: TrainConfig, world: World) -> None:
+    if cfg.meta_batch % world.size:
+        raise ValueError(f"meta_batch {cfg.meta_batch} is not divisible by the {world.size} "
+                         f"processes: each must take an equal share (use a multiple of "
+                         f"{world.size})")
+
+
+def _flush(learner, cfg, out, rngs, rows, curve, world):
+    if not world.main:
+        return
+    save(learner, cfg, out, rngs, world)
     write_csv_atomic(pd.DataFrame(rows), out / "metrics.csv")
     if curve:
         write_csv_atomic(pd.DataFrame(curve), out / "curve.csv")
@@ -265,18 +294,22 @@ def _flush(learner, cfg, out, rngs, rows, curve):
 
 def evaluate(cfg: TrainConfig, theta: torch.Tensor, chars: Characters, *,
              tasks: int | None = None, seed: int = EVAL_SEED,
-             adaptations=recipes.EVALUATIONS) -> dict:
+             adaptations=recipes.EVALUATIONS, world: World = World()) -> dict:
     """{adaptation: {"accuracy", "ci95", "tasks"}}: mean query accuracy over held-out tasks
     (the same tasks for every adaptation) with a 95% interval, adapting "as-trained" (the
-    recipe's own inner loop) and/or by "plain-gd" (GD on the training loss, lam = 0)."""
+    recipe's own inner loop) and/or by "plain-gd" (GD on the training loss, lam = 0). With
+    several processes each adapts its share of the tasks; every rank gets the result."""
     model = model_for(cfg)
     tasks = tasks or cfg.eval_tasks
-    sampler = TaskSampler(chars, cfg.n_way, cfg.k_shot, cfg.k_query, seed=seed,
-                          device=cfg.device)
+    sampler = sampler_for(cfg, chars, seed=seed)
+    mine = set(world.share(tasks))
     solvers = {a: cfg.spec.eval_solver(cfg, a) for a in adaptations}
     scores = {a: [] for a in adaptations}
-    for _ in range(tasks):
-        task = ModuleTask(model, *sampler.sample())
+    for i in range(tasks):
+        data = sampler.sample()         # every rank draws every task: one stream
+        if i not in mine:
+            continue
+        task = ModuleTask(model, *data)
         x, y = task.query
         cache = {}
         for a, (solver, lam) in solvers.items():
@@ -289,7 +322,7 @@ def evaluate(cfg: TrainConfig, theta: torch.Tensor, chars: Characters, *,
             scores[a].append(cache[key])
     result = {}
     for a, acc in scores.items():
-        acc = np.asarray(acc)
+        acc = np.asarray(world.merge(tasks, acc))
         half = 1.96 * acc.std(ddof=1) / math.sqrt(len(acc)) if len(acc) > 1 else math.nan
         result[a] = {"accuracy": float(acc.mean()), "ci95": float(half), "tasks": len(acc)}
     return result

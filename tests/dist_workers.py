@@ -1,0 +1,49 @@
+"""Process bodies for tests/test_distributed.py (spawned, so they live in an importable
+module): each joins a gloo group on localhost as torchrun would set it up."""
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from suite import distributed
+from suite.omniglot.data import Characters
+from suite.omniglot.train import TrainConfig, train
+
+TINY = dict(n_way=5, k_shot=1, k_query=2, inner_steps=2, meta_batch=4, cg_steps=3,
+            eval_every=1, curve_tasks=6, probe_every=100, dtype="float64")
+
+
+def fake_characters(n=12, seed=0) -> Characters:
+    rng = np.random.default_rng(seed)
+    images = (rng.random((n, 20, 28, 28)) > 0.8).astype(np.uint8) * 255
+    return Characters([("A", f"character{i:02d}") for i in range(n)], images)
+
+
+def join(rank: int, size: int, port: int) -> distributed.World:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(size))
+    torch.set_num_threads(1)
+    world, _ = distributed.init("cpu")
+    return world
+
+
+def train_worker(rank, size, port, recipe, iterations, out, result):
+    world = join(rank, size, port)
+    try:
+        cfg = TrainConfig(recipe, max_iterations=iterations, **TINY)
+        learner = train(cfg, fake_characters(), Path(out), heldout=fake_characters(seed=1),
+                        world=world)
+        if world.main:
+            torch.save(learner.theta.detach(), result)
+    finally:
+        distributed.close()
+
+
+def sweep_worker(rank, size, port, points, out):
+    from suite import sweeps
+    world = join(rank, size, port)
+    try:
+        sweeps.run_sweep(points, Path(out), repeats=0, progress=False, world=world)
+    finally:
+        distributed.close()
