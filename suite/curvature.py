@@ -50,16 +50,14 @@ class Curvature:
         check_float("lam_offset", self.lam_offset, 0.0, low_open=False)
 
     @classmethod
-    def parse(cls, curvature: "str | Curvature", **params) -> "Curvature":
+    def parse(cls, curvature: "str | Curvature") -> "Curvature":
+        """A ``Curvature`` as given, or one named with default parameters."""
         if isinstance(curvature, Curvature):
-            if params:
-                raise ValueError(f"give the parameters {sorted(params)} inside the Curvature "
-                                 "object, not beside it")
             return curvature
         if not isinstance(curvature, str):
             raise TypeError(f"curvature must be a name {CURVATURES} or a Curvature, "
                             f"got {curvature!r}")
-        return cls(curvature, **params)
+        return cls(curvature)
 
     @property
     def needs_outputs(self) -> bool:

@@ -5,8 +5,10 @@
     python -m suite.sweeps hvp-cost --help  one Hessian-vector product in units of one gradient
 
 Each point is one row of a tidy CSV (``suite.results``): measured once under the memory
-meters (which also serves as warm-up), then timed ``repeats`` times. A rerun skips finished
-rows; a CUDA out-of-memory is a row with status ``oom`` and the sweep goes on.
+meters (which also serves as warm-up), then timed ``repeats`` times, interleaved with the
+other points of the same kappa and inner steps. A rerun skips finished rows; a CUDA
+out-of-memory is a row with status ``oom`` and the sweep goes on. Under
+``torchrun --nproc_per_node N`` the rows are shared among the processes and rank 0 writes.
 """
 from __future__ import annotations
 
@@ -143,11 +145,6 @@ def run_points(cfgs: list[dict], *, repeats: int, threads: int, memory: bool = T
         for i, t in timings.items():
             rows[i].update(time_s=t.median_s, time_iqr_s=t.iqr_s)
     return rows
-
-
-def run_point(cfg: dict, *, repeats: int, threads: int, memory: bool = True) -> dict:
-    """One configuration measured alone (see ``run_points``)."""
-    return run_points([cfg], repeats=repeats, threads=threads, memory=memory)[0]
 
 
 def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int | None = None,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import synthetic
-from suite import LinearRegressionTask
+from suite import LinearRegressionTask, ModuleTask
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -21,3 +21,14 @@ def quad():
     ref = synthetic.make_task(8, 32, 24, kappa=10.0, lam=1.0, seed=3)
     theta = np.random.default_rng(7).standard_normal(8)
     return ref, LinearRegressionTask.from_synthetic(ref), theta, torch.tensor(theta)
+
+
+@pytest.fixture
+def tanh_task():
+    """A 2-layer tanh net (4 -> 6 -> 3, 51 parameters), cross-entropy, float64, and theta."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 3)).double()
+    x, xq = torch.randn(12, 4, dtype=torch.float64), torch.randn(9, 4, dtype=torch.float64)
+    task = ModuleTask(net, (x, torch.arange(12) % 3), (xq, torch.arange(9) % 3))
+    return task, task.flat_parameters()

@@ -1,13 +1,10 @@
 """Curvature operators and breakdown policies of the implicit system, against dense float64
 references (the matrices formed entry by entry with torch.autograd.functional)."""
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import synthetic
-from suite import ModuleTask, meta_gradient
+from suite import meta_gradient
 from suite.curvature import Curvature, gauss_newton_at
 from suite.linalg import CGBreakdown, normal_equations_cg, solve_implicit
 from suite.solvers import GD
@@ -22,20 +19,10 @@ def rel(a, b):
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
 
 
-@pytest.fixture
-def tanh_task():
-    """A 2-layer tanh net (4 -> 5 -> 3, 43 parameters), cross-entropy, float64."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-    x, xq = torch.randn(7, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
-    task = ModuleTask(net, (x, torch.arange(7) % 3), (xq, torch.arange(6) % 3))
-    return task, task.flat_parameters()
-
-
 def dense_gauss_newton(task, phi):
-    J = torch.autograd.functional.jacobian(task.train_outputs, phi)       # (7, 3, n)
+    J = torch.autograd.functional.jacobian(task.train_outputs, phi)       # (12, 3, n)
     out = task.train_outputs(phi).detach()
-    H_out = torch.autograd.functional.hessian(task.train_output_loss, out)  # (7, 3, 7, 3)
+    H_out = torch.autograd.functional.hessian(task.train_output_loss, out)  # (12, 3, 12, 3)
     J2 = J.reshape(-1, phi.numel())
     return J2.T @ H_out.reshape(J2.shape[0], J2.shape[0]) @ J2
 

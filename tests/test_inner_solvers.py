@@ -4,19 +4,9 @@ against finite differences."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from suite import ModuleTask, meta_gradient
+from suite import meta_gradient
 from suite.solvers import GD, Adam, InnerProblem, PullBackGD
-
-
-@pytest.fixture
-def tanh_task():
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    x, xq = torch.randn(12, 4, dtype=torch.float64), torch.randn(9, 4, dtype=torch.float64)
-    task = ModuleTask(net, (x, torch.arange(12) % 3), (xq, torch.arange(9) % 3))
-    return task, task.flat_parameters()
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.7])

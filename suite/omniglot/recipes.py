@@ -123,7 +123,8 @@ TABLE2 = [
     Recipe("reptile", "Reptile", "reptile", solver="adam", paper="reptile",
            note="as published: inner Adam (beta1 0, lr 1e-3), 5 iterations on mini-batches of "
                 "10 from 10 shots per class; outer theta += eps (mean phi - theta), eps 1 -> 0 "
-                "linearly; evaluation by 50 Adam iterations"),
+                "linearly; evaluation by 50 Adam iterations. Adam's moments start afresh for "
+                "each task (the published code keeps them across tasks)"),
     replace(_default, label=f"iMAML, GD ({DEFAULT_IMAML})", paper="imaml-gd"),
     replace(_default, name="imaml-hf", label="iMAML, Hessian-free", solver="newton-cg",
             paper="imaml-hf",
