@@ -135,13 +135,17 @@ def test_target_verdicts_on_a_hand_made_frame():
 
     def verdicts():
         return {what.split(" ")[0]: ok for what, _, ok in report.targets(frame)}
-    # Smallest margin over untrained: imaml-paper-keep, 25 points; the default iMAML (84.5)
-    # is above FOMAML and 0.5 below MAML; HF 5 below MAML; Reptile 6 below FOMAML.
+    # Smallest margin over untrained among Table 2's recipes: Reptile, 33 points (the variant
+    # imaml-paper-keep is not in Table 2); the default iMAML (84.5) is above FOMAML and 0.5
+    # below MAML; HF 5 below MAML; Reptile 6 below FOMAML.
     assert verdicts() == {"every": True, "best": True, "the": True, "iMAML-HF": False,
                           "Reptile": False}
-    frame.loc[frame.recipe == "imaml-paper-keep", "accuracy"] = 0.60   # 15 points: too few
+    frame.loc[frame.recipe == "imaml-paper-keep", "accuracy"] = 0.40   # a variant: no effect
+    assert verdicts()["every"] is True
+    frame.loc[frame.recipe == "reptile", "accuracy"] = 0.60            # 15 points: too few
+    assert verdicts()["every"] is False
     frame.loc[frame.recipe == "reptile", "accuracy"] = 0.80            # 4 below FOMAML
-    assert verdicts()["every"] is False and verdicts()["Reptile"] is True
+    assert verdicts()["every"] is True and verdicts()["Reptile"] is True
     frame.loc[frame.recipe == "imaml-paper-keep", "accuracy"] = 0.86   # beats the default
     assert verdicts()["the"] is False
 

@@ -69,10 +69,11 @@ def targets(frame: pd.DataFrame) -> list[tuple[str, str, bool | None]]:
     acc = headline(frame)
     out = []
     if "untrained" in acc:
-        low = {k: v - acc["untrained"] for k, v in acc.items() if k != "untrained"}
+        low = {k: v - acc["untrained"] for k, v in acc.items()
+               if k != "untrained" and k in recipes.TABLE2_RECIPES}
         worst = min(low, key=low.get)
-        out.append((f"every recipe at least {ABOVE_UNTRAINED:g} points above the untrained "
-                    "initialisation", f"smallest margin {low[worst]:+.1f} ({worst})",
+        out.append((f"every recipe of Table 2 at least {ABOVE_UNTRAINED:g} points above the "
+                    "untrained initialisation", f"smallest margin {low[worst]:+.1f} ({worst})",
                     low[worst] >= ABOVE_UNTRAINED))
     imaml = {k: v for k, v in acc.items()
              if recipes.RECIPES[k].implicit and recipes.RECIPES[k].solver != "newton-cg"}
