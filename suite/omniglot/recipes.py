@@ -111,7 +111,7 @@ VARIANTS = [
            note="unregularised inner GD, one pull-back step, CG on 2 I + H/(lam + 10) without "
                 "a curvature check, evaluated by plain GD, as the published code"),
 ]
-DEFAULT_IMAML = "imaml-gn"
+DEFAULT_IMAML = "imaml-gn-lam0.5"
 """The variant reported as Table 2's "iMAML, GD" row: the best one the variants report found."""
 
 _default = {r.name: r for r in VARIANTS}[DEFAULT_IMAML]
