@@ -8,8 +8,9 @@
 
 Recipes are compared at an equal number of outer iterations (``--iterations``, default 300);
 ``--minutes`` adds a wall-clock budget per recipe. On 2 CPU cores at meta-batch 8, 5-way
-1-shot, one iteration takes about 0.5 s (first-order MAML) to 2 s (MAML, iMAML-HF): ``table2``
-runs about 40 minutes, ``variants`` about 90.
+1-shot, a recipe takes 6 (first-order MAML) to 12 minutes (MAML), iMAML-HF about 20, training
+and evaluations included: ``table2`` (7 recipes) runs about 70 minutes, ``variants`` (12)
+about 2 hours.
 
 Under ``torchrun --nproc_per_node N`` each meta-batch is split across the N processes (gloo
 on CPU, nccl on CUDA with one GPU per process); rank 0 alone writes. See the README.

@@ -287,7 +287,8 @@ def _flush(learner, cfg, out, rngs, rows, curve, world):
     if not world.main:
         return
     save(learner, cfg, out, rngs, world)
-    write_csv_atomic(pd.DataFrame(rows), out / "metrics.csv")
+    if rows:
+        write_csv_atomic(pd.DataFrame(rows), out / "metrics.csv")
     if curve:
         write_csv_atomic(pd.DataFrame(curve), out / "curve.csv")
 
