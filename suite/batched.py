@@ -22,7 +22,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from .curvature import Curvature, gauss_newton_at
 from .linalg import check_implicit_options, solve_implicit
 from .methods import MetaGradient, Stats
-from .checks import check_finite, check_float, check_int
+from .checks import check_finite, check_float, check_int, check_lam
 from .tasks import ModuleTask
 
 METHODS = ("maml", "fomaml", "imaml")
@@ -66,7 +66,7 @@ def _inner_gd(bt: BatchedTasks, theta, xs, ys, *, lam, steps, lr):
     return phi
 
 
-def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *, lam: float,
+def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *, lam,
                           steps: int, lr: float, cg_steps: int = 5,
                           chunk_size: int | None = None, curvature="hessian",
                           on_breakdown: str = "raise", linear_solver: str = "cg") -> MetaGradient:
@@ -79,7 +79,7 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     steps, lr = check_int("steps", steps), check_float("lr", lr, 0.0)
-    lam = check_float("lam", lam, 0.0, low_open=method == "imaml")
+    lam = check_lam(lam, theta, positive=method == "imaml")
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     start = time.perf_counter()
@@ -115,7 +115,8 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
         products += 1
         return vmap(product, chunk_size=chunk_size)(phi, U, bt.xs, bt.ys)
 
-    solve = solve_implicit(curvature.system(batch_product, lam), v, max_iter=cg_steps,
+    matvec, scale = curvature.system(batch_product, lam)
+    solve = solve_implicit(matvec, v, scale=scale, max_iter=cg_steps,
                            on_breakdown=on_breakdown, linear_solver=linear_solver)
     stats.grad_evals += n_tasks           # the gradient whose graph gives the products
     stats.hvps, stats.cg_iterations = products * n_tasks, solve.iterations * n_tasks

@@ -37,6 +37,29 @@ def check_float(name: str, value, low: float, high: float = math.inf, *,
     return value
 
 
+def check_lam(lam, theta: torch.Tensor, *, positive: bool) -> "float | torch.Tensor":
+    """The proximal strength: a number (returned as a float) or a 1-D tensor of theta's shape,
+    dtype and device (a per-parameter prox, returned detached); every entry finite and > 0
+    when ``positive`` (Lemma 1), else >= 0. A 0-dim tensor counts as a number."""
+    if not torch.is_tensor(lam):
+        return check_float("lam", lam, 0.0, low_open=positive)
+    if lam.ndim == 0:
+        return check_float("lam", float(lam), 0.0, low_open=positive)
+    if lam.shape != theta.shape:
+        raise ValueError(f"lam must be a number or a tensor of theta's shape "
+                         f"{tuple(theta.shape)}, got shape {tuple(lam.shape)}")
+    if lam.dtype != theta.dtype or lam.device != theta.device:
+        raise TypeError(f"lam is {lam.dtype} on {lam.device} but theta is {theta.dtype} on "
+                        f"{theta.device}; pass lam.to(theta)")
+    lam = lam.detach()
+    bad = ~torch.isfinite(lam) | ((lam <= 0) if positive else (lam < 0))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"every entry of lam must be a finite number {'>' if positive else '>='}"
+                         f" 0; lam[{i}] = {float(lam[i])!r} ({int(bad.sum())} such entries)")
+    return lam
+
+
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     if not torch.is_tensor(tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")

@@ -11,6 +11,9 @@ down; the operators here replace H by a matrix that is positive semi-definite, o
     "damped"        (I + (H + mu I) / lam)           Levenberg-Marquardt damping mu >= 0
     "official"      ((1 + c) I + H / (lam + d))      the official iMAML code (c = 1, d = 10)
 
+Each is solved in the symmetric form A u = v with g = scale * u: for "hessian",
+A = H + lam I is the Hessian of G and scale = lam, which also holds for a vector lam
+(A = H + diag(lam), a per-parameter prox), where I + H/lam would not be symmetric.
 Damping mu is the paper's system with lam + mu in place of lam, scaled by (lam + mu) / lam;
 "official" likewise has an effective lam + d, scaled by 1 + c. With mu = 0, "damped" is
 "hessian" bit for bit.
@@ -63,16 +66,18 @@ class Curvature:
     def needs_outputs(self) -> bool:
         return self.name == "gauss-newton"
 
-    def system(self, product: Matvec, lam: float) -> Matvec:
-        """``u -> A u`` given ``product(u)``: the Hessian product, or the Gauss-Newton one
-        for "gauss-newton" (see ``needs_outputs``)."""
+    def system(self, product: Matvec, lam) -> tuple[Matvec, float | torch.Tensor]:
+        """``(u -> A u, scale)`` given ``product(u)`` (the Hessian product, or the
+        Gauss-Newton one for "gauss-newton", see ``needs_outputs``): the meta-gradient is
+        ``scale * u`` where A u = v, A symmetric. For "hessian", A = H + diag(lam) is the
+        Hessian of G and scale = lam, so scale * u = (I + H/lam)^-1 v for a scalar lam;
+        ``lam`` may be a vector of u's length (a per-parameter prox)."""
         if self.name == "official":
-            scale, inner_lam = 1.0 + self.shift, lam + self.lam_offset
-            return lambda u: scale * u + product(u) / inner_lam
-        if self.name == "damped":
-            mu = self.damping
-            return lambda u: u + (product(u) + mu * u) / lam
-        return lambda u: u + product(u) / lam
+            scale = lam + self.lam_offset
+            diagonal = (1.0 + self.shift) * scale
+            return (lambda u: product(u) + diagonal * u), scale
+        diagonal = lam + self.damping if self.name == "damped" else lam
+        return (lambda u: product(u) + diagonal * u), lam
 
     def label(self) -> str:
         if self.name == "damped":

@@ -2,7 +2,8 @@
 Hessian-vector products, and the implicit solve with its breakdown policies.
 
 A linear solver is ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> CGResult`` for a
-symmetric operator ``matvec(v) = A v`` (see ``LINEAR_SOLVERS``).
+symmetric operator ``matvec(v) = A v`` (see ``LINEAR_SOLVERS``); the Neumann series also
+takes its ``step``.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class CGResult:
     row_iterations: torch.Tensor | None = None
     row_breakdown: torch.Tensor | None = None
     fallback: int = 0
+    u: torch.Tensor | None = None   # solve_implicit's unscaled solution (x = scale * u)
 
 
 def _check_common(max_iter, tol, b):
@@ -152,11 +154,98 @@ def normal_equations_cg(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
                               tol=tol, on_breakdown=on_breakdown)
 
 
+class NeumannDivergence(ArithmeticError):
+    """The Neumann series diverged: some eigenvalue of A lies outside (0, 2 / step)."""
+
+    def __init__(self, iteration: int, step: float, largest: float, smallest: float):
+        self.iteration, self.step, self.largest = iteration, step, largest
+        if smallest <= 0:
+            why = (f"A is not positive definite (a Rayleigh quotient of {smallest:.3e} was met), "
+                   "and the series converges for no step")
+        else:
+            why = (f"A's largest eigenvalue is at least {largest:.4g} (the largest Rayleigh "
+                   f"quotient met), so the step must be in (0, {2 / largest:.4g})")
+        super().__init__(f"the Neumann series diverged at iteration {iteration} (the residual "
+                         f"grew above |b|): neumann_step={step:g} must be in (0, 2 / largest "
+                         f"eigenvalue of A); {why}")
+
+
+def neumann_series(matvec: Matvec, b: torch.Tensor, *, max_iter: int, tol: float | None = None,
+                   on_breakdown: str = "raise", step: float | None = None) -> CGResult:
+    """Solve A x = b by the truncated Neumann series x_K = step sum_{k<K} (I - step A)^k b
+    (Lorraine et al. 2020; hypertorch's and torchopt's implicit solver).
+
+    Invariant: r_k = b - A x_k = (I - step A)^k b, kept by x += step r, r -= step A r (one
+    product per iteration), so |r_K| <= max_i |1 - step lambda_i|^K |b|: the series converges
+    exactly when every eigenvalue of A lies in (0, 2 / step), at that rate. A row whose
+    residual grows above |b| has diverged: ``on_breakdown`` "raise" raises
+    ``NeumannDivergence`` (naming the step's allowed range), "return" stops the row with its
+    previous iterate, "continue" goes on. ``min_curvature`` is the smallest Rayleigh quotient
+    r^T A r / |r|^2 met (CG's p^T A p / |p|^2 for the residuals). 2-D ``b``: one system per row.
+    """
+    if on_breakdown not in CG_MODES:
+        raise ValueError(f"on_breakdown must be one of {CG_MODES}, got {on_breakdown!r}")
+    if step is None:
+        raise ValueError("neumann_step is required for the Neumann series: a step in "
+                         "(0, 2 / largest eigenvalue of A)")
+    step = float(step)
+    if not (math.isfinite(step) and step > 0):
+        raise ValueError(f"neumann_step must be a finite number in (0, 2 / largest eigenvalue "
+                         f"of A), got {step!r}")
+    tol = _check_common(max_iter, tol, b)
+    batched = b.ndim == 2
+    B = b if batched else b[None]
+    b_norm = torch.linalg.vector_norm(B, dim=1)
+    safe_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    x, r = torch.zeros_like(B), B.clone()
+    residual = torch.linalg.vector_norm(r, dim=1) / safe_norm
+    stopped = torch.zeros_like(b_norm, dtype=torch.bool)
+    diverged = torch.zeros_like(stopped)
+    steps = torch.zeros(B.shape[0], dtype=torch.long, device=B.device)
+    first_breakdown, smallest, largest = None, math.inf, -math.inf
+    k = 0
+    while k < max_iter:
+        active = (residual > tol) & ~stopped
+        if not bool(active.any()):
+            break
+        Ar = matvec(r if batched else r[0]).reshape(B.shape)
+        if not bool(torch.isfinite(Ar[active]).all()):
+            raise CGBreakdown(k, math.nan)
+        quotient = (r * Ar).sum(1) / (r * r).sum(1).clamp_min(torch.finfo(B.dtype).tiny)
+        smallest = min(smallest, float(quotient[active].min()))
+        largest = max(largest, float(quotient[active].max()))
+        r_next = r - step * Ar
+        res_next = torch.linalg.vector_norm(r_next, dim=1) / safe_norm
+        grew = active & (res_next > 1)
+        if bool(grew.any()):
+            if on_breakdown == "raise":
+                raise NeumannDivergence(k, step, largest, smallest)
+            first_breakdown = k if first_breakdown is None else first_breakdown
+            diverged |= grew
+            if on_breakdown == "return":
+                stopped |= grew
+                active &= ~grew
+        x = torch.where(active[:, None], x + step * r, x)
+        r = torch.where(active[:, None], r_next, r)
+        residual = torch.where(active, res_next, residual)
+        steps += active.long()
+        k += 1
+        if not bool(active.any()):
+            break
+    worst = float(residual.max())
+    return CGResult(x if batched else x[0], k, worst, worst <= tol and not bool(stopped.any()),
+                    bool(diverged.any()), first_breakdown,
+                    smallest if math.isfinite(smallest) else math.nan,
+                    steps if batched else steps[0], diverged if batched else diverged[0])
+
+
 LINEAR_SOLVERS: dict[str, Callable[..., CGResult]] = {
     "cg": conjugate_gradient,
     "normal-cg": normal_equations_cg,
+    "neumann": neumann_series,
 }
-"""name -> ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> CGResult``."""
+"""name -> ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> CGResult`` ("neumann" also
+takes ``step``)."""
 
 BREAKDOWN_POLICIES = {
     "raise": "raise CGBreakdown (the default: a non-positive-definite system is an error)",
@@ -166,6 +255,7 @@ BREAKDOWN_POLICIES = {
     "continue": "no curvature check: CG steps on through negative curvature (hypertorch and "
                 "the official iMAML code do this)",
 }
+"""For the Neumann series a "breakdown" is a residual grown above |b| (divergence)."""
 
 
 def check_implicit_options(on_breakdown: str, linear_solver: str) -> None:
@@ -177,24 +267,36 @@ def check_implicit_options(on_breakdown: str, linear_solver: str) -> None:
                          f"got {linear_solver!r}")
 
 
-def solve_implicit(matvec: Matvec, v: torch.Tensor, *, max_iter: int,
-                   tol: float | None = None, on_breakdown: str = "raise",
-                   linear_solver: str = "cg") -> CGResult:
-    """Solve the implicit system A g = v (one row per task for a 2-D ``v``) with the named
-    linear solver and breakdown policy (``BREAKDOWN_POLICIES``).
+def solve_implicit(matvec: Matvec, v: torch.Tensor, *, scale: float | torch.Tensor = 1.0,
+                   max_iter: int, tol: float | None = None, on_breakdown: str = "raise",
+                   linear_solver: str = "cg", step: float | None = None) -> CGResult:
+    """Solve the implicit system A u = v (one row per task for a 2-D ``v``) with the named
+    linear solver and breakdown policy (``BREAKDOWN_POLICIES``); return x = scale * u.
 
+    For iMAML A is the Hessian of G (or its stand-in, ``suite.curvature``) and ``scale`` is
+    lam, a number or a vector of u's length: x is the meta-gradient, ``result.u`` the
+    solution itself. ``min_curvature`` is reported for A / min(scale) (the paper's I + H/lam
+    for a scalar lam), ``residual`` is scale-free. ``step`` is the Neumann series' step.
     Never returns a zero row because the solver stopped at its first iteration: such a row
     gets v itself (the first-order direction), counted in ``fallback``.
     """
     check_implicit_options(on_breakdown, linear_solver)
     mode = {"keep": "return", "first-order": "return"}.get(on_breakdown, on_breakdown)
+    options = {"step": step} if linear_solver == "neumann" else {}
+    if step is not None and linear_solver != "neumann":
+        raise ValueError(f"neumann_step is only used by linear_solver='neumann', not "
+                         f"{linear_solver!r}")
     result = LINEAR_SOLVERS[linear_solver](matvec, v, max_iter=max_iter, tol=tol,
-                                           on_breakdown=mode)
+                                           on_breakdown=mode, **options)
+    u = result.x
     replace = (result.row_breakdown if on_breakdown == "first-order"
                else result.row_iterations == 0) & (torch.linalg.vector_norm(v, dim=-1) > 0)
     if bool(replace.any()):
-        x = torch.where(replace[..., None], v, result.x) if v.ndim == 2 else v.clone()
-        result.x, result.fallback = x, int(replace.sum())
+        u = torch.where(replace[..., None], v / scale, u)
+        result.fallback = int(replace.sum())
+    result.u, result.x = u, scale * u
+    smallest = float(scale.min()) if isinstance(scale, torch.Tensor) else float(scale)
+    result.min_curvature = result.min_curvature / smallest
     return result
 
 

@@ -1,8 +1,10 @@
 """Meta-gradient methods: one function each, one signature, one entry point.
 
-Every method takes ``(task, theta, *, lam, solver, **options)`` and returns a
+Every method takes ``(task, theta, *, lam, solver, lam_grad, **options)`` and returns a
 ``MetaGradient`` whose ``grad`` estimates d/dtheta L_test(Alg(theta)), where Alg runs
-``solver`` on G(phi) = L_train(phi) + lam/2 |phi - theta|^2 from phi_0 = theta.
+``solver`` on G(phi) = L_train(phi) + lam/2 |phi - theta|^2 from phi_0 = theta. ``lam`` is a
+number or a vector of theta's shape (G's prox is then 1/2 sum_i lam_i (phi_i - theta_i)^2);
+with ``lam_grad`` the result also carries d/dlam L_test(Alg(theta, lam)).
 
 Work is counted in the paper's unit, gradients of the training loss (``grad_evals``), plus
 Hessian-vector products (``hvps``): a CG iteration costs one, and so does backpropagating
@@ -19,7 +21,7 @@ import torch
 
 from .curvature import Curvature, gauss_newton_at
 from .linalg import check_implicit_options, hvp_at, solve_implicit
-from .checks import check_finite, check_float, check_int, check_scalar
+from .checks import check_finite, check_int, check_lam, check_scalar
 from .solvers import InnerProblem, backtracking_step, run_solver
 from .tasks import num_parameters
 
@@ -85,6 +87,14 @@ class MetaGradient:
     grad: torch.Tensor
     stats: Stats = field(default_factory=Stats)
     phi: torch.Tensor | None = None   # the adapted parameters (None for a meta-batch)
+    lam_grad: float | torch.Tensor | None = None   # d/dlam, lam's type (when asked for)
+
+
+def _lam_result(lam, g: torch.Tensor | None, like: torch.Tensor):
+    """d/dlam in lam's own form: a float for a number (the sum over parameters, since the
+    scalar prox is the vector one with every entry equal), a tensor for a vector."""
+    g = torch.zeros_like(like) if g is None else g.detach()
+    return float(g.sum()) if not torch.is_tensor(lam) else g
 
 
 def _test_grad(task, phi: torch.Tensor) -> torch.Tensor:
@@ -111,26 +121,32 @@ def _require_differentiable(solver, method: str) -> None:
                          "'imaml' / 'fomaml' methods")
 
 
-def _unrolled(task, theta, lam, solver, stats: Stats, unroll: int) -> torch.Tensor:
+def _unrolled(task, theta, lam, solver, unroll: int, lam_grad: bool) -> MetaGradient:
+    stats = Stats()
     theta_leaf = theta.detach().requires_grad_(True)
-    problem = InnerProblem(task, theta_leaf, lam)
+    # a scalar lam as the constant vector, so that d/dlam is summed as for a vector
+    lam_leaf = (torch.full_like(theta, lam) if not torch.is_tensor(lam) else lam.clone()
+                ).requires_grad_(True) if lam_grad else lam
+    problem = InnerProblem(task, theta_leaf, lam_leaf)
+    leaves = (theta_leaf, lam_leaf) if lam_grad else (theta_leaf,)
     with torch.enable_grad():
         phi = _inner(problem, solver, stats, unroll=unroll)
         loss = task.test_loss(phi)
-        grad, = torch.autograd.grad(loss, theta_leaf, allow_unused=True)
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     stats.grad_evals, stats.loss_evals = problem.grad_evals, problem.loss_evals
     stats.hvps = unroll
-    return torch.zeros_like(theta) if grad is None else grad
+    grad = torch.zeros_like(theta) if grads[0] is None else grads[0]
+    return MetaGradient(grad, stats, phi.detach(),
+                        _lam_result(lam, grads[1], theta) if lam_grad else None)
 
 
-def maml(task, theta, *, lam, solver):
+def maml(task, theta, *, lam, solver, lam_grad=False):
     """Backpropagation through every step of the (differentiable) solver."""
     _require_differentiable(solver, "maml")
-    stats = Stats()
-    return MetaGradient(_unrolled(task, theta, lam, solver, stats, solver.steps), stats)
+    return _unrolled(task, theta, lam, solver, solver.steps, lam_grad)
 
 
-def truncated(task, theta, *, lam, solver, truncate):
+def truncated(task, theta, *, lam, solver, truncate, lam_grad=False):
     """Backpropagation through the last ``truncate`` steps only (Shaban et al. 2019).
 
     The iterate before them is treated as a constant; ``truncate = steps`` is ``maml``.
@@ -141,12 +157,14 @@ def truncated(task, theta, *, lam, solver, truncate):
     truncate = check_int("truncate", truncate, minimum=1)
     if truncate > solver.steps:
         raise ValueError(f"truncate must be in [1, steps={solver.steps}], got {truncate}")
-    stats = Stats()
-    return MetaGradient(_unrolled(task, theta, lam, solver, stats, truncate), stats)
+    return _unrolled(task, theta, lam, solver, truncate, lam_grad)
 
 
-def fomaml(task, theta, *, lam, solver):
+def fomaml(task, theta, *, lam, solver, lam_grad=False):
     """First-order MAML: dphi/dtheta taken as I, so the meta-gradient is grad L_test(phi)."""
+    if lam_grad:
+        raise ValueError("lam_grad: 'fomaml' has no gradient in lam (it takes dphi/dtheta = I "
+                         "and drops dphi/dlam); use 'imaml', 'maml', 'truncated' or 'exact'")
     stats = Stats()
     problem = InnerProblem(task, theta.detach(), lam)
     phi = _inner(problem, solver, stats).detach()
@@ -156,24 +174,29 @@ def fomaml(task, theta, *, lam, solver):
 
 
 def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="raise",
-          curvature="hessian", linear_solver="cg"):
+          curvature="hessian", linear_solver="cg", neumann_step=None, lam_grad=False):
     """Implicit MAML: solve (I + H/lam) g = grad L_test(phi) at the solver's output phi.
 
-    Lemma 1 of the paper: at phi = Alg*(theta), dAlg*/dtheta = (I + H/lam)^-1. The solve uses
-    ``cg_steps`` iterations at most (stopping early below ``cg_tol``) of ``linear_solver``
-    (``suite.linalg.LINEAR_SOLVERS``); a budget that leaves a residual is reported in
-    ``stats`` (``cg_converged=False``). ``curvature`` (a name or ``suite.curvature.Curvature``)
+    Lemma 1 of the paper: at phi = Alg*(theta), dAlg*/dtheta = (I + H/lam)^-1. Solved as
+    (H + diag(lam)) u = v, g = lam * u (the Hessian of G, symmetric also for a vector lam);
+    then d/dlam = (theta - phi) * u from the same solve. The solve uses ``cg_steps``
+    iterations at most (stopping early below ``cg_tol``) of ``linear_solver``
+    (``suite.linalg.LINEAR_SOLVERS``: "cg", "normal-cg", or "neumann" with its
+    ``neumann_step`` in (0, 2 / largest eigenvalue of H + lam)); a budget that leaves a
+    residual is reported in ``stats`` (``cg_converged=False``). ``curvature`` (a name or ``suite.curvature.Curvature``)
     replaces H: "hessian" (the paper), "gauss-newton", "damped", "official". A breakdown
     (p^T A p <= 0) is handled by ``on_breakdown`` (``suite.linalg.BREAKDOWN_POLICIES``):
     "raise" (default), "keep", "first-order" or "continue"; ``stats`` records the policy, the
     iteration and the smallest curvature met, and how many tasks got the first-order direction.
     ``stats.inner_stationarity`` = |grad G(phi)| / |grad G(theta)|: Lemma 1 assumes 0.
     """
-    if lam <= 0:
-        raise ValueError(f"lam must be > 0 for 'imaml' (I + H/lam must exist), got {lam}")
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
     check_implicit_options(on_breakdown, linear_solver)
     curvature = Curvature.parse(curvature)
+    if lam_grad and curvature.name == "official":
+        raise ValueError("lam_grad: the 'official' curvature's matrix does not come from the "
+                         "prox term, so it has no gradient in lam; use 'hessian', "
+                         "'gauss-newton' or 'damped'")
     if curvature.needs_outputs and not all(
             callable(getattr(task, a, None)) for a in ("train_outputs", "train_output_loss")):
         raise TypeError(f"curvature 'gauss-newton' needs the model's outputs: the task must have "
@@ -196,8 +219,10 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
         problem.hvps += 1
         return product(u)
 
-    solve = solve_implicit(curvature.system(counted, lam), v, max_iter=cg_steps, tol=cg_tol,
-                           on_breakdown=on_breakdown, linear_solver=linear_solver)
+    matvec, scale = curvature.system(counted, lam)
+    solve = solve_implicit(matvec, v, scale=scale, max_iter=cg_steps, tol=cg_tol,
+                           on_breakdown=on_breakdown, linear_solver=linear_solver,
+                           step=neumann_step)
     stats.grad_evals = problem.grad_evals + 1   # + the gradient whose graph gives the products
     stats.hvps, stats.loss_evals = problem.hvps, problem.loss_evals
     stats.cg_iterations = solve.iterations
@@ -205,30 +230,31 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
     stats.cg_breakdowns, stats.cg_fallbacks = int(solve.breakdown), solve.fallback
     stats.cg_breakdown_iteration, stats.cg_min_curvature = (solve.breakdown_iteration,
                                                             solve.min_curvature)
-    return MetaGradient(solve.x, stats, phi)
+    return MetaGradient(solve.x, stats, phi, _lam_result(lam, (theta.detach() - phi) * solve.u,
+                                                         theta) if lam_grad else None)
 
 
-def exact(task, theta, *, lam, solver=None, max_newton=100):
+def exact(task, theta, *, lam, solver=None, max_newton=100, lam_grad=False):
     """Dense reference for small problems: Newton with the dense Hessian until the step is at
-    rounding level, then g = (I + H/lam)^-1 grad L_test(phi) by a dense solve.
+    rounding level, then u = (H + diag(lam))^-1 grad L_test(phi) by a dense (Cholesky) solve,
+    g = lam * u, d/dlam = (theta - phi) * u.
 
     ``solver`` is ignored. Raises above ``EXACT_MAX_DIM`` parameters, when G is not strongly
     convex at the solution, or when Newton has not converged after ``max_newton`` steps.
     """
-    if lam <= 0:
-        raise ValueError(f"lam must be > 0 for 'exact', got {lam}")
     n = theta.numel()
     if n > EXACT_MAX_DIM:
         raise ValueError(f"'exact' forms the dense Hessian; theta has {n} entries, more than "
                          f"EXACT_MAX_DIM = {EXACT_MAX_DIM}")
     stats = Stats()
     problem = InnerProblem(task, theta.detach(), lam)
-    eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
+    prox = torch.diag(torch.as_tensor(lam, dtype=theta.dtype, device=theta.device)
+                      * torch.ones(n, dtype=theta.dtype, device=theta.device))
     eps = torch.finfo(theta.dtype).eps
 
     def hessian_of_G(phi):
         H = torch.autograd.functional.hessian(task.train_loss, phi.detach())
-        return H + lam * eye
+        return H + prox
 
     phi = theta.detach().clone()
     for k in range(check_int("max_newton", max_newton, minimum=1)):
@@ -250,9 +276,10 @@ def exact(task, theta, *, lam, solver=None, max_newton=100):
         raise ValueError(f"'exact': H + lam I is not positive definite at the inner solution; "
                          f"lam={lam} is too small for this task's negative curvature")
     v = _test_grad(task, phi)
-    grad = lam * torch.cholesky_solve(v[:, None], L)[:, 0]
+    u = torch.cholesky_solve(v[:, None], L)[:, 0]
     stats.grad_evals, stats.loss_evals = problem.grad_evals, problem.loss_evals
-    return MetaGradient(grad, stats, phi)
+    return MetaGradient(lam * u, stats, phi, _lam_result(lam, (theta.detach() - phi) * u, theta)
+                        if lam_grad else None)
 
 
 METHODS = {"maml": maml, "fomaml": fomaml, "truncated": truncated, "imaml": imaml,
@@ -283,7 +310,7 @@ def _validate(method, task, theta, lam, solver) -> float:
         raise ValueError(f"theta is on {theta.device} but the task is on {device}; pass "
                          f"theta.to('{device}')")
     # Lemma 1 needs lam > 0; the unrolled methods also take lam = 0 (plain MAML).
-    lam = check_float("lam", lam, 0.0, low_open=method in ("imaml", "exact"))
+    lam = check_lam(lam, theta, positive=method in ("imaml", "exact"))
     if method != "exact" and not callable(getattr(solver, "solve", None)):
         raise TypeError(f"solver must be an inner solver from suite.solvers (with .solve), "
                         f"got {solver!r}")
@@ -294,17 +321,24 @@ def meta_gradient(method: str, task, theta: torch.Tensor, *, lam: float, solver=
                   **options) -> MetaGradient:
     """The meta-gradient of ``task`` at ``theta`` by ``method`` (see ``METHODS``).
 
-    Options per method: ``truncate`` ("truncated"); ``cg_steps``, ``cg_tol``,
-    ``on_breakdown``, ``curvature`` and ``linear_solver`` ("imaml"); ``max_newton`` ("exact").
+    ``lam``: a number, or a 1-D tensor of theta's shape (a per-parameter prox). The result's
+    ``lam_grad`` (a float for a number, a tensor for a vector) is computed when
+    ``lam_grad=True`` or ``lam`` is a tensor that requires grad. Options per method:
+    ``truncate`` ("truncated"); ``cg_steps``, ``cg_tol``, ``on_breakdown``, ``curvature``,
+    ``linear_solver`` and ``neumann_step`` ("imaml"); ``max_newton`` ("exact").
     ``stats.wall_time_s`` covers the whole computation.
     """
+    wants = bool(options.pop("lam_grad", False)) or (torch.is_tensor(lam) and lam.requires_grad)
     lam = _validate(method, task, theta, lam, solver)
     start = time.perf_counter()
-    result = METHODS[method](task, theta, lam=lam, solver=solver, **options)
+    result = METHODS[method](task, theta, lam=lam, solver=solver, lam_grad=wants, **options)
     result.stats.wall_time_s = time.perf_counter() - start
     check_finite(f"the {method!r} meta-gradient (a non-finite result is never returned)",
                  result.grad)
     result.grad = result.grad.detach()
+    if wants:
+        check_finite(f"the {method!r} gradient in lam",
+                     torch.as_tensor(result.lam_grad, dtype=theta.dtype))
     return result
 
 
@@ -316,4 +350,6 @@ def meta_gradient_batch(method: str, tasks, theta: torch.Tensor, *, lam: float, 
         raise ValueError("tasks must be a non-empty sequence of tasks")
     results = [meta_gradient(method, t, theta, lam=lam, solver=solver, **options) for t in tasks]
     grad = torch.stack([r.grad for r in results]).mean(0)
-    return MetaGradient(grad, Stats.combine([r.stats for r in results]))
+    lam_grads = [r.lam_grad for r in results]
+    lam_grad = (None if lam_grads[0] is None else sum(lam_grads) / len(lam_grads))
+    return MetaGradient(grad, Stats.combine([r.stats for r in results]), lam_grad=lam_grad)

@@ -21,12 +21,15 @@ from .linalg import conjugate_gradient, hvp_at
 class InnerProblem:
     """G(phi) = L_train(phi) + lam/2 |phi - theta|^2 for one task, counting the work done.
 
+    ``lam`` is a number or a tensor of theta's shape (the prox 1/2 sum_i lam_i (phi_i -
+    theta_i)^2); one that requires grad makes the unrolled steps differentiable in it.
+
     ``grad_norm_at_theta``: |grad L_train| at the first full-batch gradient evaluated; every
     solver starts at theta, where grad L_train = grad G, so it is |grad G(theta)|, the scale
     of inner stationarity.
     """
 
-    def __init__(self, task, theta: torch.Tensor, lam: float):
+    def __init__(self, task, theta: torch.Tensor, lam):
         self.task, self.theta, self.lam = task, theta, lam
         self.grad_evals = self.hvps = self.loss_evals = 0
         self.grad_norm_at_theta: float | None = None
@@ -36,7 +39,7 @@ class InnerProblem:
         self.loss_evals += 1
         with torch.no_grad():
             d = phi - self.theta
-            return float(self.task.train_loss(phi) + 0.5 * self.lam * torch.dot(d, d))
+            return float(self.task.train_loss(phi) + 0.5 * torch.dot(self.lam * d, d))
 
     def train_grad(self, phi: torch.Tensor, create_graph: bool = False,
                    index=None) -> torch.Tensor:

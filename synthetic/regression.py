@@ -163,6 +163,32 @@ def exact_meta_gradient(task: RegressionTask, theta: np.ndarray) -> np.ndarray:
     return task.lam * scipy.linalg.cho_solve(scipy.linalg.cho_factor(A), v)
 
 
+def prox_inner_solution(task: RegressionTask, theta: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """argmin L_train(phi) + 1/2 sum_i lam_i (phi_i - theta_i)^2 for a vector ``lam`` > 0
+    (``task.lam`` is not used): (H + diag(lam)) phi = X^T y / n + lam * theta."""
+    lam = np.asarray(lam, dtype=float)
+    if lam.shape != (task.dim,) or not np.all(np.isfinite(lam)) or np.any(lam <= 0):
+        raise ValueError(f"lam must be a vector of {task.dim} finite entries > 0")
+    n = task.X_train.shape[0]
+    A = task.train_hessian() + np.diag(lam)
+    return scipy.linalg.solve(A, task.X_train.T @ task.y_train / n + lam * theta, assume_a="pos")
+
+
+def prox_meta_gradients(task: RegressionTask, theta: np.ndarray, lam: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Gradients of L_test(phi*(theta, lam)) in theta and in a vector ``lam``, from the dense
+    Jacobians of phi*: differentiating (H + diag(lam)) phi* = X^T y / n + lam * theta gives
+    dphi*/dtheta = (H + diag(lam))^-1 diag(lam) and dphi*/dlam = (H + diag(lam))^-1
+    diag(theta - phi*); each gradient is J^T grad L_test(phi*)."""
+    lam = np.asarray(lam, dtype=float)
+    phi = prox_inner_solution(task, theta, lam)
+    A = task.train_hessian() + np.diag(lam)
+    J_theta = scipy.linalg.solve(A, np.diag(lam), assume_a="pos")
+    J_lam = scipy.linalg.solve(A, np.diag(theta - phi), assume_a="pos")
+    v = task.test_grad(phi)
+    return J_theta.T @ v, J_lam.T @ v
+
+
 def gd_path(task: RegressionTask, theta: np.ndarray, steps: int, lr: float
             ) -> tuple[np.ndarray, np.ndarray]:
     """K steps of GD on G from phi_0 = theta: returns (phi_K, dphi_K/dtheta).

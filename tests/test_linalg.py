@@ -84,3 +84,69 @@ def test_hvp_matches_dense_hessian():
 def test_hvp_of_linear_loss_is_zero():
     _, hvp = hvp_at(lambda x: x.sum(), torch.ones(3))
     assert hvp(torch.ones(3)).abs().max() == 0
+
+
+def _diagonal(eigenvalues, seed=0):
+    """A symmetric A = Q diag(eigenvalues) Q^T and b with every eigen-component non-zero."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
+    return (torch.tensor((Q * eigenvalues) @ Q.T), torch.tensor(Q), torch.tensor(eigenvalues),
+            torch.tensor(rng.standard_normal(len(eigenvalues))))
+
+
+def test_neumann_series_follows_its_known_rate():
+    # r_K = (I - step A)^K b exactly: in the eigenbasis each component is multiplied by
+    # (1 - step lambda_i)^K. A spectrum in [1, 4] with step 0.4 gives factors in [-0.6, 0.6];
+    # float64 rounding over 40 products of a 10 x 10 matrix is ~1e-14 relative.
+    from suite.linalg import neumann_series
+    eig = np.linspace(1.0, 4.0, 10)
+    A, Q, lam, b = _diagonal(eig)
+    for K in (1, 5, 40):
+        res = neumann_series(lambda v: A @ v, b, max_iter=K, tol=0.0, step=0.4)
+        r_K = Q @ ((1 - 0.4 * lam) ** K * (Q.T @ b))
+        assert abs(res.residual - float(r_K.norm() / b.norm())) < 1e-12
+        x_K = Q @ ((1 - (1 - 0.4 * lam) ** K) / lam * (Q.T @ b))
+        assert float((res.x - x_K).norm() / x_K.norm()) < 1e-12
+        assert res.iterations == K and not res.breakdown
+    assert res.residual <= 0.6 ** 40
+    assert 1.0 - 1e-12 <= res.min_curvature and res.min_curvature <= 4.0
+
+
+def test_neumann_series_divergence_names_the_step():
+    from suite.linalg import NeumannDivergence, neumann_series
+    A, _, _, b = _diagonal(np.linspace(1.0, 4.0, 10))
+    # step 0.6 > 2 / 4: the top component grows by |1 - 2.4| = 1.4 per iteration
+    with pytest.raises(NeumannDivergence, match=r"neumann_step=0.6 must be in \(0, 2 / largest"):
+        neumann_series(lambda v: A @ v, b, max_iter=200, step=0.6)
+    kept = neumann_series(lambda v: A @ v, b, max_iter=200, step=0.6, on_breakdown="return")
+    assert kept.breakdown and not kept.converged and kept.residual <= 1.0
+    went_on = neumann_series(lambda v: A @ v, b, max_iter=200, step=0.6, on_breakdown="continue")
+    assert went_on.breakdown and went_on.residual > 1e10 and went_on.iterations == 200
+    # a negative eigenvalue: no step converges, and the message says so
+    A, _, _, b = _diagonal(np.array([-1.0, 1.0, 2.0]))
+    with pytest.raises(NeumannDivergence, match="not positive definite"):
+        neumann_series(lambda v: A @ v, b, max_iter=500, step=0.1)
+    for step in (None, 0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="neumann_step"):
+            neumann_series(lambda v: A @ v, b, max_iter=5, step=step)
+
+
+def test_imaml_with_the_neumann_series_reaches_the_exact_meta_gradient():
+    # On the synthetic task (lam = 1, kappa = 20: eigenvalues of H + I in [1, 20]) the step
+    # 1/20 contracts every component by at least 1 - 1/20 per iteration: 800 iterations leave
+    # 0.95^800 ~ 1e-18, so the error is the inner solve's and CG's rounding, ~1e-13.
+    import synthetic
+    from suite import meta_gradient
+    from suite.solvers import NewtonCG
+    from suite.tasks import LinearRegressionTask
+    task = synthetic.make_task(10, 30, 20, kappa=20.0, lam=1.0, seed=5)
+    theta = np.random.default_rng(6).standard_normal(10)
+    exact = synthetic.exact_meta_gradient(task, theta)
+    r = meta_gradient("imaml", LinearRegressionTask.from_synthetic(task), torch.tensor(theta),
+                      lam=1.0, solver=NewtonCG(30, 40), cg_steps=800, linear_solver="neumann",
+                      neumann_step=1 / 20)
+    assert float(np.linalg.norm(r.grad.numpy() - exact) / np.linalg.norm(exact)) < 1e-10
+    assert r.stats.cg_converged
+    with pytest.raises(ValueError, match="only used by linear_solver='neumann'"):
+        meta_gradient("imaml", LinearRegressionTask.from_synthetic(task), torch.tensor(theta),
+                      lam=1.0, solver=NewtonCG(30, 40), neumann_step=0.05)
