@@ -169,3 +169,44 @@ def test_cli_refuses_before_any_work(tmp_path, capsys):
     cli.main(["recipes"])
     listed = capsys.readouterr().out
     assert all(name in listed for name in recipes.RECIPES)
+
+
+def test_learned_lam_recipe_learns_one_lam_per_layer_and_resumes(tmp_path):
+    chars = fake_characters()
+    cfg = TrainConfig("imaml-gn-learned-lam", inner_steps=2, meta_batch=2, k_query=2,
+                      max_iterations=2, eval_tasks=2, cg_steps=2, lam_lr=0.1)
+    learner = train(cfg, chars, tmp_path)
+    table = pd.read_csv(tmp_path / "lam.csv")
+    model_sizes = [p.numel() for p in train.__globals__["model_for"](cfg).parameters()]
+    assert list(table.entries) == model_sizes
+    # Adam's first steps move log lam by up to lam_lr per step wherever d/dlam is not zero.
+    # It is zero for the convolutions' biases: batch norm right after them cancels them, so
+    # the training loss does not depend on them, phi = theta there and (theta - phi) u = 0.
+    moved = abs(np.log(table.lam / 0.5))
+    cancelled = table.parameter.isin([f"{3 * i}.bias" for i in range(4)])   # conv, bn, relu
+    assert (moved[cancelled] < 1e-4).all() and (moved[~cancelled] > 0.01).all()
+    lam = learner.lam(cfg)
+    assert lam.shape == learner.theta.shape and bool((lam > 0).all())
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert (metrics.lam_min <= metrics.lam_max).all()
+    three = TrainConfig(**{**cfg.as_dict(), "max_iterations": 3})
+    resumed = train(three, chars, tmp_path)
+    assert resumed.iteration == 3
+    # Resuming restores log lam and its Adam state: the same lam as 3 iterations in one go
+    # (the same float32 operations in the same order; 1e-6 allows for threaded reductions).
+    train(three, chars, tmp_path / "straight")
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "lam.csv").lam,
+                               pd.read_csv(tmp_path / "straight" / "lam.csv").lam, rtol=1e-6)
+    scores = evaluate(cfg, resumed.theta.detach(), chars, tasks=2, lam=resumed.lam(cfg))
+    assert set(scores) == set(recipes.EVALUATIONS)
+
+
+def test_layer_lam_chain_rule():
+    from suite.omniglot.train import LayerLam
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    layer = LayerLam(net, 0.5)
+    assert layer.vector().shape == (sum(p.numel() for p in net.parameters()),)
+    g = torch.arange(11, dtype=torch.float32)
+    # d/dlog_lam_l = lam_l * sum of d/dlam_i over the entries of layer l (sizes 6, 2, 2, 1)
+    expected = 0.5 * torch.tensor([g[:6].sum(), g[6:8].sum(), g[8:10].sum(), g[10:].sum()])
+    torch.testing.assert_close(layer.log_grad(g), expected)

@@ -60,7 +60,8 @@ def load_split(args):
 def config_from(args, recipe: str) -> TrainConfig:
     values = {name: getattr(args, name) for name in (
         "n_way", "k_shot", "k_query", "inner_steps", "inner_lr", "cg_steps", "meta_batch",
-        "outer_lr", "eval_tasks", "seed", "device") if getattr(args, name, None) is not None}
+        "outer_lr", "lam_lr", "eval_tasks", "seed", "device")
+        if getattr(args, name, None) is not None}
     values["max_iterations"] = args.iterations
     values["budget_s"] = args.minutes * 60 if args.minutes else float("inf")
     return TrainConfig(recipe, **values)
@@ -80,8 +81,9 @@ def add_training_args(p):
                              "inner GD learning rate"), ("cg-steps", int, "CG steps of the "
                              "implicit solve (and of Newton-CG)"), ("meta-batch", int, "tasks "
                              "per outer iteration"), ("outer-lr", float, "outer Adam learning "
-                             "rate"), ("eval-tasks", int, "held-out tasks of the final "
-                             "evaluation"), ("seed", int, "seed of the initialisation and the "
+                             "rate"), ("lam-lr", float, "outer Adam learning rate of log "
+                             "lam (recipes that learn lam)"), ("eval-tasks", int, "held-out "
+                             "tasks of the final evaluation"), ("seed", int, "seed of the initialisation and the "
                              "task stream")):
         name = flag.replace("-", "_")
         p.add_argument(f"--{flag}", dest=name, type=kind, default=None,
@@ -105,7 +107,8 @@ def run_recipe(args, cfg: TrainConfig, train_chars, test_chars, world: World) ->
               total=cfg.max_iterations) as bar:
         learner = train(cfg, train_chars, args.out / tag / cfg.recipe, heldout=test_chars,
                         progress=bar, world=world)
-    scores = evaluate(cfg, learner.theta.detach(), test_chars, world=world)
+    scores = evaluate(cfg, learner.theta.detach(), test_chars, world=world,
+                      lam=learner.lam(cfg))
     head = scores[cfg.spec.evaluation]
     return {"recipe": cfg.recipe, "setting": tag, "iterations_asked": args.iterations,
             "recipe_spec": cfg.spec.spec(),

@@ -42,13 +42,18 @@ class Recipe:
     evaluation: str = "as-trained"     # the adaptation of the headline accuracy
     paper: str | None = None           # key of PAPER
     note: str = ""
+    learn_lam: bool = False            # lam per layer (parameter tensor), meta-learned from lam
+
+    def __post_init__(self):
+        if self.learn_lam and self.method != "imaml":
+            raise ValueError(f"recipe {self.name}: learn_lam needs the 'imaml' method")
 
     def spec(self) -> str:
         """What defines the run (not the name, label or note): a changed entry is a new run."""
         c = self.curvature
         return (f"{self.method}|{self.solver}|lam={self.lam:g}|{c.name}(mu={c.damping:g},"
                 f"c={c.shift:g},d={c.lam_offset:g})|{self.linear_solver}|{self.on_breakdown}|"
-                f"{self.evaluation}")
+                f"{self.evaluation}" + ("|learned-lam=per-layer" if self.learn_lam else ""))
 
     @property
     def implicit(self) -> bool:
@@ -74,15 +79,17 @@ class Recipe:
             return PullBackGD(cfg.inner_steps, cfg.inner_lr)
         return GD(cfg.inner_steps, cfg.inner_lr)
 
-    def eval_solver(self, cfg, adaptation: str):
+    def eval_solver(self, cfg, adaptation: str, lam=None):
         """(solver, lam) that adapts to a held-out task: ``"as-trained"`` is the recipe's own
-        inner loop (Reptile's own evaluation: 50 Adam iterations on the whole support set);
-        ``"plain-gd"`` is GD on the training loss alone (lam = 0), the same for every recipe."""
+        inner loop with its lam (``lam``: the learned one, if any; Reptile's own evaluation:
+        50 Adam iterations on the whole support set); ``"plain-gd"`` is GD on the training
+        loss alone (lam = 0), the same for every recipe."""
+        lam = self.lam if lam is None else lam
         if adaptation == "plain-gd" or self.method is None:
             return GD(cfg.inner_steps, cfg.inner_lr), 0.0
         if self.solver == "adam":
-            return Adam(REPTILE["eval_iters"], REPTILE["inner_lr"], beta1=0.0), self.lam
-        return self.train_solver(cfg, np.random.default_rng(0)), self.lam
+            return Adam(REPTILE["eval_iters"], REPTILE["inner_lr"], beta1=0.0), lam
+        return self.train_solver(cfg, np.random.default_rng(0)), lam
 
 
 def _imaml(name, label, **kwargs) -> Recipe:
@@ -106,6 +113,10 @@ VARIANTS = [
            note="H + 8 I: mu above the most negative curvature measured (about -7) minus lam"),
     _imaml("imaml-normal-cg", "normal-equation CG", linear_solver="normal-cg",
            note="CG on (I + H/lam)^2 g = (I + H/lam) v, as torchopt's example"),
+    _imaml("imaml-gn-learned-lam", "Gauss-Newton, learned lam per layer", lam=0.5,
+           curvature=Curvature("gauss-newton"), learn_lam=True,
+           note="as imaml-gn-lam0.5, with one lam per parameter tensor meta-learned from 0.5: "
+                "outer Adam on log lam with d/dlam = (theta - phi) * u from the same solve"),
     _imaml("imaml-official", "official code's formulation", solver="pullback-gd",
            curvature=Curvature("official"), on_breakdown="continue", evaluation="plain-gd",
            note="unregularised inner GD, one pull-back step, CG on 2 I + H/(lam + 10) without "

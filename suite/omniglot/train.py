@@ -3,7 +3,9 @@ diagnostics per outer iteration, a held-out learning curve, and evaluation.
 
 Outer loop: Adam on theta (the 4-layer CNN's flat parameters) with the mean meta-gradient of
 a meta-batch of N-way K-shot tasks; Reptile instead steps theta += eps (mean phi - theta) with
-eps annealed linearly to 0 over ``max_iterations`` (no Adam), as published.
+eps annealed linearly to 0 over ``max_iterations`` (no Adam), as published. A recipe with
+``learn_lam`` also learns one lam per parameter tensor (``LayerLam``): Adam on log lam at
+``lam_lr`` with d/dlam from the same implicit solve; ``lam.csv`` holds the learned values.
 
 ``metrics.csv`` holds one row per outer iteration: training seconds, query loss at theta,
 the direction's norm and, for implicit recipes, the mean inner stationarity
@@ -67,6 +69,7 @@ class TrainConfig:
     curve_tasks: int = 100
     probe_every: int = 25
     dtype: str = "float32"
+    lam_lr: float = 0.01          # outer Adam's step on log lam (recipes that learn lam)
 
     def __post_init__(self):
         self.spec = recipes.get(self.recipe)
@@ -78,6 +81,7 @@ class TrainConfig:
         check_int("seed", self.seed)
         check_float("inner_lr", self.inner_lr, 0.0)
         check_float("outer_lr", self.outer_lr, 0.0)
+        check_float("lam_lr", self.lam_lr, 0.0)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.budget_s > 0:
@@ -94,6 +98,33 @@ class TrainConfig:
         return recipes.REPTILE["train_shots"] if self.spec.method == "reptile" else self.k_shot
 
 
+class LayerLam:
+    """One lam per parameter tensor of the model, learned in log space:
+    lam_i = exp(log_lam[layer of i]), so d/dlog_lam[l] = lam_l * sum_{i in l} d/dlam_i."""
+
+    def __init__(self, model: torch.nn.Module, init: float):
+        named = list(model.named_parameters())
+        p = named[0][1]
+        self.names = [n for n, _ in named]
+        self.sizes = torch.tensor([q.numel() for _, q in named], device=p.device)
+        self.layer = torch.repeat_interleave(torch.arange(len(named), device=p.device),
+                                             self.sizes)
+        self.log_lam = torch.full((len(named),), math.log(init), dtype=p.dtype,
+                                  device=p.device, requires_grad=True)
+
+    def vector(self) -> torch.Tensor:
+        """lam as a vector of theta's length."""
+        return torch.repeat_interleave(self.log_lam.detach().exp(), self.sizes)
+
+    def log_grad(self, lam_grad: torch.Tensor) -> torch.Tensor:
+        sums = torch.zeros_like(self.log_lam).index_add_(0, self.layer, lam_grad)
+        return self.log_lam.detach().exp() * sums
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame({"parameter": self.names, "entries": self.sizes.tolist(),
+                             "lam": self.log_lam.detach().exp().tolist()})
+
+
 @dataclass
 class Learner:
     """What the outer loop updates and what a checkpoint holds."""
@@ -102,6 +133,11 @@ class Learner:
     optimizer: torch.optim.Optimizer
     iteration: int = 0
     elapsed_s: float = 0.0
+    layer_lam: LayerLam | None = None
+
+    def lam(self, cfg: "TrainConfig"):
+        """The lam the recipe adapts with: its own, or the learned vector."""
+        return cfg.spec.lam if self.layer_lam is None else self.layer_lam.vector()
 
 
 def model_for(cfg: TrainConfig):
@@ -121,10 +157,13 @@ def train_sampler(cfg: TrainConfig, chars: Characters) -> TaskSampler:
                        k_query=min(cfg.k_query, per_char - cfg.train_shots))
 
 
-def outer_direction(cfg: TrainConfig, solver, tasks, theta, world: World = World()):
+def outer_direction(cfg: TrainConfig, solver, tasks, theta, world: World = World(), lam=None):
     """The direction handed to the outer optimizer (the mean over all ``tasks``, of which
-    this rank computes its share) and the diagnostics of computing it."""
+    this rank computes its share) and the diagnostics of computing it. With a learned
+    ``lam`` (a vector), ``info["lam_grad"]`` is the mean d/dlam (not a diagnostic)."""
     spec = cfg.spec
+    lam = spec.lam if lam is None else lam
+    learned = torch.is_tensor(lam)
     mine = world.share(len(tasks))
     if spec.method == "reptile":
         # Every rank draws every task's mini-batches, so the shared stream stays in step.
@@ -133,33 +172,39 @@ def outer_direction(cfg: TrainConfig, solver, tasks, theta, world: World = World
                            batches=batches[i]).phi for i in mine]
         return world.mean(theta.detach() - torch.stack(phis).mean(0)), {}
     result = meta_gradient_batch(spec.method, [tasks[i] for i in mine], theta.detach(),
-                                 lam=spec.lam, solver=solver, **spec.meta_options(cfg))
+                                 lam=lam, solver=solver, lam_grad=learned,
+                                 **spec.meta_options(cfg))
     direction = world.mean(result.grad)
     if not spec.implicit:
         return direction, {}
     s = Stats.combine(world.gather(result.stats))
-    return direction, {
+    extra = {"lam_grad": world.mean(result.lam_grad)} if learned else {}
+    return direction, extra | {
         "inner_stationarity": s.inner_stationarity, "cg_residual": s.cg_residual,
         "cg_breakdown": s.cg_breakdowns / len(tasks), "cg_breakdown_iteration":
             s.cg_breakdown_iteration, "cg_min_curvature": s.cg_min_curvature,
         "cg_fallbacks": s.cg_fallbacks}
 
 
-def probe_cosine(cfg: TrainConfig, solver, task, theta) -> float:
+def probe_cosine(cfg: TrainConfig, solver, task, theta, lam=None) -> float:
     """cos(recipe's direction, MAML's exact direction through the same inner loop) on one
     task; NaN where the inner loop is not differentiable (Newton-CG, Adam)."""
-    spec = cfg.spec
+    lam = cfg.spec.lam if lam is None else lam
     if not getattr(solver, "differentiable", False):
         return math.nan
-    own, _ = outer_direction(cfg, solver, [task], theta)   # this process alone
-    exact = meta_gradient("maml", task, theta.detach(), lam=spec.lam, solver=solver).grad
+    own, _ = outer_direction(cfg, solver, [task], theta, lam=lam)   # this process alone
+    exact = meta_gradient("maml", task, theta.detach(), lam=lam, solver=solver).grad
     return float(torch.dot(own, exact) / (own.norm() * exact.norm()))
 
 
-def make_optimizer(cfg: TrainConfig, theta) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, theta, layer_lam: LayerLam | None = None
+                   ) -> torch.optim.Optimizer:
     if cfg.spec.method == "reptile":
         return torch.optim.SGD([theta], lr=recipes.REPTILE["meta_step"])
-    return torch.optim.Adam([theta], lr=cfg.outer_lr)
+    groups = [{"params": [theta]}]
+    if layer_lam is not None:
+        groups.append({"params": [layer_lam.log_lam], "lr": cfg.lam_lr})
+    return torch.optim.Adam(groups, lr=cfg.outer_lr)
 
 
 def reptile_step_size(cfg: TrainConfig, iteration: int) -> float:
@@ -184,6 +229,8 @@ def save(learner: Learner, cfg: TrainConfig, out: Path, rngs: dict, world: World
     out.mkdir(parents=True, exist_ok=True)
     state = {"config": cfg.as_dict(), "recipe_spec": cfg.spec.spec(), "world_size": world.size,
              "theta": learner.theta.detach().cpu(),
+             "log_lam": (None if learner.layer_lam is None
+                         else learner.layer_lam.log_lam.detach().cpu()),
              "optimizer": learner.optimizer.state_dict(), "iteration": learner.iteration,
              "elapsed_s": learner.elapsed_s,
              "rng_state": {k: r.bit_generator.state for k, r in rngs.items()}}
@@ -206,7 +253,8 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     solver = cfg.spec.train_solver(cfg, solver_rng)
     probe = ModuleTask(model, *sampler_for(cfg, chars, seed=PROBE_SEED).sample())
     theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).requires_grad_(True)
-    learner = Learner(theta, make_optimizer(cfg, theta))
+    layer_lam = LayerLam(model, cfg.spec.lam) if cfg.spec.learn_lam else None
+    learner = Learner(theta, make_optimizer(cfg, theta, layer_lam), layer_lam=layer_lam)
     rows, curve = [], []
     ckpt = _checkpoint_path(out)
     if ckpt.exists():
@@ -216,6 +264,8 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
                              "folder or remove it")
         with torch.no_grad():
             theta.copy_(state["theta"])
+            if layer_lam is not None:
+                layer_lam.log_lam.copy_(state["log_lam"])
         learner.optimizer.load_state_dict(state["optimizer"])
         learner.iteration, learner.elapsed_s = state["iteration"], state["elapsed_s"]
         for k, r in rngs.items():
@@ -229,7 +279,8 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     def curve_point():
         if heldout is not None and learner.iteration not in done:
             acc = evaluate(cfg, learner.theta.detach(), heldout, tasks=cfg.curve_tasks,
-                           seed=CURVE_SEED, adaptations=(cfg.spec.evaluation,), world=world)
+                           seed=CURVE_SEED, adaptations=(cfg.spec.evaluation,), world=world,
+                           lam=learner.lam(cfg))
             curve.append({"iteration": learner.iteration, "train_s": learner.elapsed_s,
                           "accuracy": acc[cfg.spec.evaluation]["accuracy"],
                           "ci95": acc[cfg.spec.evaluation]["ci95"]})
@@ -240,15 +291,20 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     while learner.iteration < cfg.max_iterations and learner.elapsed_s < cfg.budget_s:
         start = time.perf_counter()
         tasks = [ModuleTask(model, *sampler.sample()) for _ in range(cfg.meta_batch)]
-        direction, info = outer_direction(cfg, solver, tasks, theta, world)
+        lam = learner.lam(cfg)
+        direction, info = outer_direction(cfg, solver, tasks, theta, world, lam=lam)
         if not bool(torch.isfinite(direction).all()):
             raise FloatingPointError(f"{cfg.recipe}: the outer direction at iteration "
                                      f"{learner.iteration + 1} is not finite")
+        lam_grad = info.pop("lam_grad", None)
         if cfg.spec.method == "reptile":
             for group in learner.optimizer.param_groups:
                 group["lr"] = reptile_step_size(cfg, learner.iteration)
         learner.optimizer.zero_grad()
         theta.grad = direction
+        if layer_lam is not None:
+            layer_lam.log_lam.grad = layer_lam.log_grad(lam_grad)
+            info |= {"lam_min": float(lam.min()), "lam_max": float(lam.max())}
         learner.optimizer.step()
         seconds = max(world.gather(time.perf_counter() - start))   # the slowest rank's
         learner.iteration += 1
@@ -266,7 +322,7 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
                "direction_norm": float(direction.norm()),
                "outer_lr": learner.optimizer.param_groups[0]["lr"], **info}
         if learner.iteration % cfg.probe_every == 0 or learner.iteration == 1:
-            row["probe_cosine_to_maml"] = probe_cosine(cfg, solver, probe, theta)
+            row["probe_cosine_to_maml"] = probe_cosine(cfg, solver, probe, theta, lam)
         rows.append(row)
         if learner.iteration % cfg.checkpoint_every == 0:
             _flush(learner, cfg, out, rngs, rows, curve, world)
@@ -291,20 +347,23 @@ def _flush(learner, cfg, out, rngs, rows, curve, world):
         write_csv_atomic(pd.DataFrame(rows), out / "metrics.csv")
     if curve:
         write_csv_atomic(pd.DataFrame(curve), out / "curve.csv")
+    if learner.layer_lam is not None:
+        write_csv_atomic(learner.layer_lam.table(), out / "lam.csv")
 
 
 def evaluate(cfg: TrainConfig, theta: torch.Tensor, chars: Characters, *,
              tasks: int | None = None, seed: int = EVAL_SEED,
-             adaptations=recipes.EVALUATIONS, world: World = World()) -> dict:
+             adaptations=recipes.EVALUATIONS, world: World = World(), lam=None) -> dict:
     """{adaptation: {"accuracy", "ci95", "tasks"}}: mean query accuracy over held-out tasks
     (the same tasks for every adaptation) with a 95% interval, adapting "as-trained" (the
-    recipe's own inner loop) and/or by "plain-gd" (GD on the training loss, lam = 0). With
+    recipe's own inner loop, with ``lam`` if given: a learned one) and/or by "plain-gd" (GD
+    on the training loss, lam = 0). With
     several processes each adapts its share of the tasks; every rank gets the result."""
     model = model_for(cfg)
     tasks = tasks or cfg.eval_tasks
     sampler = sampler_for(cfg, chars, seed=seed)
     mine = set(world.share(tasks))
-    solvers = {a: cfg.spec.eval_solver(cfg, a) for a in adaptations}
+    solvers = {a: cfg.spec.eval_solver(cfg, a, lam) for a in adaptations}
     scores = {a: [] for a in adaptations}
     for i in range(tasks):
         data = sampler.sample()         # every rank draws every task: one stream
@@ -314,7 +373,7 @@ def evaluate(cfg: TrainConfig, theta: torch.Tensor, chars: Characters, *,
         x, y = task.query
         cache = {}
         for a, (solver, lam) in solvers.items():
-            key = (repr(solver), lam)
+            key = (repr(solver), id(lam) if torch.is_tensor(lam) else lam)
             if key not in cache:
                 phi = run_solver(solver, InnerProblem(task, theta.detach(), lam)).phi.detach()
                 with torch.no_grad():
