@@ -184,3 +184,25 @@ def table1_markdown(frame: pd.DataFrame) -> str:
         out += ["", "Cells that did not reach their target: " + "; ".join(
             f"{r.row} κ={r.kappa:g} δ={r.delta:g}: {r.note}" for r in missing.itertuples())]
     return "\n".join(out) + "\n"
+
+
+def linear_solvers(frame: pd.DataFrame) -> list[str]:
+    """Products with A each linear solver needs for a meta-gradient within VANISHED."""
+    lines, reach = [], {}
+    lo, hi = frame.lambda_min.iloc[0], frame.lambda_max.iloc[0]
+    for (name, step), g in frame.groupby(["linear_solver", "step"], dropna=False):
+        label = name if name == "cg" else f"neumann (step {step:.3g})"
+        g = g.sort_values("products")
+        hit = g[g.rel_error < VANISHED]
+        reach[label] = int(hit.products.iloc[0]) if len(hit) else None
+        rate = (max(abs(1 - step * lo), abs(1 - step * hi)) if name == "neumann"
+                else (np.sqrt(hi / lo) - 1) / (np.sqrt(hi / lo) + 1))
+        lines.append(f"  [kappa {hi / lo:.3g}] {label}: rate {rate:.4f} per product; error "
+                     f"{g.rel_error.iloc[-1]:.1e} after {int(g.products.iloc[-1])} products; "
+                     f"below {VANISHED:g} from "
+                     + (f"{reach[label]} products" if reach[label] else "never in this range"))
+    cg = reach.pop("cg", None)
+    fewer = cg is not None and all(v is None or cg < v for v in reach.values())
+    lines.append(f"    CG reaches {VANISHED:g} in fewer products than the Neumann series: "
+                 f"{_verdict(fewer)}")
+    return lines

@@ -4,8 +4,10 @@
     python suite/figures.py --full           # the paper's scale (kappa up to 1e4, more steps)
     python suite/figures.py --from-results   # re-plot from the CSVs, no computation
 
-Raw rows go to results/figure2a.csv, results/figure2b.csv and results/table1.csv; figures
-and the table to reports/. An interrupted run resumes from results/.<name>.partial.csv.
+Raw rows go to results/figure2a.csv, results/figure2b.csv, results/table1.csv and
+results/linear_solvers.csv (CG against the Neumann series for iMAML's implicit system);
+figures and the table to reports/. An interrupted run resumes from
+results/.<name>.partial.csv.
 """
 from __future__ import annotations
 
@@ -41,17 +43,21 @@ SCALES = {
                    cg=[2, 5, 20, 50], truncate=[10], panels=[(50, 4), (20, 40)]),
         fig2b=dict(steps=[1, 2, 4, 8, 16], repeats=2),
         table1=dict(kappas=[10.0, 100.0, 1000.0], deltas=[1e-2, 1e-3, 1e-4], dim=20,
-                    cap=200_000)),
+                    cap=200_000),
+        neumann=dict(kappa=100.0, dim=40, iterations=[1, 2, 5, 10, 20, 40, 100, 200, 500])),
     "full": dict(
         fig2a=dict(kappa=1e4, steps=[10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000,
                                      300000],
                    cg=[2, 5, 20, 100], truncate=[10, 100], panels=[(100, 4), (50, 100)]),
         fig2b=dict(steps=[1, 2, 4, 8, 16, 25], repeats=5),
         table1=dict(kappas=[10.0, 100.0, 1000.0, 10000.0],
-                    deltas=[1e-2, 1e-4, 1e-6, 1e-8], dim=20, cap=2_000_000)),
+                    deltas=[1e-2, 1e-4, 1e-6, 1e-8], dim=20, cap=2_000_000),
+        neumann=dict(kappa=1000.0, dim=100, iterations=[1, 2, 5, 10, 20, 50, 100, 200, 500,
+                                                       1000, 2000, 5000])),
 }
 LAM = 1.0
-OUTPUTS = {"fig2a": "figure2a", "fig2b": "figure2b", "table1": "table1"}
+OUTPUTS = {"fig2a": "figure2a", "fig2b": "figure2b", "table1": "table1",
+           "neumann": "linear_solvers"}
 STYLE = {"maml": ("MAML (GD + backprop)", "C3", "o"), "fomaml": ("FOMAML", "C7", "s"),
          "truncated": ("truncated backprop", "C1", "v"), "imaml": ("iMAML", "C0", "D")}
 LINESTYLE = {"fomaml": "--", "truncated": ":"}
@@ -201,6 +207,78 @@ def run_table1(cfg, device, quiet, threads) -> pd.DataFrame:
     return pd.read_csv(ROOT / "results" / "table1.csv")
 
 
+# --------------------------------------------------------------------------- CG vs Neumann
+def run_neumann(cfg, device) -> pd.DataFrame:
+    """Relative error of iMAML's meta-gradient against the exact one after k products with
+    A = H + lam I, for CG and the Neumann series (step 1/lambda_max, the usual safe choice,
+    and 2/(lambda_min + lambda_max), the best fixed step), at an inner solution exact to
+    rounding, on one synthetic task."""
+    import scipy.linalg
+    import synthetic
+    from suite import meta_gradient
+    from suite.results import provenance, write_csv_atomic
+    from suite.solvers import NewtonCG
+    from suite.tasks import LinearRegressionTask
+    dim, kappa = cfg["dim"], cfg["kappa"]
+    task = synthetic.make_task(dim, 2 * dim, dim, kappa, LAM, seed=0)
+    theta = np.random.default_rng(1).standard_normal(dim)
+    exact = synthetic.exact_meta_gradient(task, theta)
+    eig = scipy.linalg.eigvalsh(task.train_hessian()) + LAM
+    t = LinearRegressionTask.from_synthetic(task, device=device)
+    solvers = [("cg", None), ("neumann", 1 / eig[-1]), ("neumann", 2 / (eig[0] + eig[-1]))]
+    rows = []
+    for name, step in solvers:
+        for k in cfg["iterations"]:
+            r = meta_gradient("imaml", t, torch.tensor(theta, device=device), lam=LAM,
+                              solver=NewtonCG(3, 4 * dim), cg_steps=k, linear_solver=name,
+                              neumann_step=step)
+            rows.append({"linear_solver": name, "step": step, "iterations": k,
+                         "products": r.stats.cg_iterations, "residual": r.stats.cg_residual,
+                         "rel_error": synthetic.relative_error(r.grad.cpu().numpy(), exact),
+                         "kappa": kappa, "realized_kappa": eig[-1] / eig[0], "dim": dim,
+                         "lam": LAM, "lambda_min": eig[0], "lambda_max": eig[-1],
+                         **provenance(device=device, dtype="float64",
+                                      threads=torch.get_num_threads(), seed=0)})
+    frame = pd.DataFrame(rows)
+    write_csv_atomic(frame, ROOT / "results" / "linear_solvers.csv")
+    return frame
+
+
+def plot_neumann(frame: pd.DataFrame) -> Path:
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    lo, hi = frame.lambda_min.iloc[0], frame.lambda_max.iloc[0]
+    k = np.array(sorted(frame.iterations.unique()))
+    styles = {"cg": ("C0", "D", "CG")}
+    for i, ((name, step), g) in enumerate(frame.groupby(["linear_solver", "step"],
+                                                        dropna=False)):
+        g = g.sort_values("products")
+        if name == "cg":
+            color, marker, label = styles["cg"]
+            rate, bound = (np.sqrt(hi / lo) - 1) / (np.sqrt(hi / lo) + 1), 2.0
+            theory = f"CG bound 2((√κ-1)/(√κ+1))^k"
+        else:
+            color, marker = ("C1", "s") if np.isclose(step, 1 / hi) else ("C2", "o")
+            which = "1/λ_max" if np.isclose(step, 1 / hi) else "2/(λ_min+λ_max)"
+            label = f"Neumann series, step {which}"
+            rate, bound = max(abs(1 - step * lo), abs(1 - step * hi)), 1.0
+            theory = f"max|1 - step λ|^k = {rate:.3f}^k"
+        ax.semilogy(g.products, g.rel_error.clip(lower=1e-17), marker=marker, color=color,
+                    ms=4, label=label)
+        ax.semilogy(k, np.clip(bound * rate ** k, 1e-17, None), color=color, ls=":", lw=1,
+                    label=theory)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("products with A = H + λI (CG or Neumann iterations)")
+    ax.set_ylabel("relative error of the meta-gradient")
+    ax.set_ylim(1e-16, 10)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower left")
+    info = config_text(frame, "kappa", "lam", "dim", "dtype")
+    fig.suptitle(f"iMAML's implicit solve: CG against the Neumann series ({info}, exact inner "
+                 "solution)", fontsize=9)
+    fig.tight_layout()
+    return save(fig, "linear_solvers")
+
+
 def save(fig, name: str) -> Path:
     out = ROOT / "reports" / f"{name}.png"
     out.parent.mkdir(exist_ok=True)
@@ -218,8 +296,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--from-results", action="store_true",
                         help="re-plot from results/*.csv without computing")
-    parser.add_argument("--only", nargs="+", choices=["fig2a", "fig2b", "table1"],
-                        default=["fig2a", "fig2b", "table1"], help="which outputs to make")
+    parser.add_argument("--only", nargs="+", choices=list(OUTPUTS), default=list(OUTPUTS),
+                        help="which outputs to make")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -239,6 +317,8 @@ def main(argv=None) -> int:
             frame = run_fig2a(cfg["fig2a"], args.device, args.quiet)
         elif what == "fig2b":
             frame = run_fig2b(cfg["fig2b"], args.device, args.quiet)
+        elif what == "neumann":
+            frame = run_neumann(cfg["neumann"], args.device)
         else:
             frame = run_table1(cfg["table1"], args.device, args.quiet, threads)
         if what == "fig2a":
@@ -247,6 +327,9 @@ def main(argv=None) -> int:
         elif what == "fig2b":
             out = plot_fig2b(frame)
             summary += [f"Figure 2b -> {out.relative_to(ROOT)}"] + claims.figure2b(frame)
+        elif what == "neumann":
+            out = plot_neumann(frame)
+            summary += [f"CG vs Neumann -> {out.relative_to(ROOT)}"] + claims.linear_solvers(frame)
         else:
             md = claims.table1_markdown(frame)
             out = ROOT / "reports" / "table1.md"

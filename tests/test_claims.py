@@ -51,3 +51,42 @@ def test_figure2a_terminal_error_claim():
     worse.loc[(worse.method == "imaml") & (worse.cg_steps == 5), "rel_error"] = 1e-3
     assert any("5 do not" in line and "DOES NOT HOLD" in line
                for line in claims.figure2a(worse))
+
+
+def _solvers(cg_errors, neumann_errors):
+    rows = []
+    for name, step, errors in (("cg", np.nan, cg_errors), ("neumann", 0.01, neumann_errors)):
+        for k, e in zip([10, 100, 1000], errors):
+            rows.append(dict(linear_solver=name, step=step, products=k, rel_error=e,
+                             lambda_min=1.0, lambda_max=100.0))
+    return pd.DataFrame(rows)
+
+
+def test_linear_solver_claim_follows_the_numbers():
+    holds = claims.linear_solvers(_solvers([1e-3, 1e-12, 1e-14], [0.5, 0.3, 1e-5]))
+    assert holds[-1].endswith("HOLDS") and "never in this range" in holds[1]
+    fails = claims.linear_solvers(_solvers([1e-3, 1e-3, 1e-7], [0.5, 1e-7, 1e-9]))
+    assert fails[-1].endswith("DOES NOT HOLD")
+    assert "rate 0.9900" in fails[1]     # max |1 - 0.01 lambda| over [1, 100]
+
+
+def test_neumann_figure_on_a_small_task(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "figures", Path(__file__).resolve().parents[1] / "suite" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    monkeypatch.setattr(figures, "ROOT", tmp_path)
+    frame = figures.run_neumann(dict(kappa=10.0, dim=8, iterations=[1, 8, 30, 200]), "cpu")
+    assert (tmp_path / "results" / "linear_solvers.csv").exists()
+    cg = frame[frame.linear_solver == "cg"].set_index("iterations").rel_error
+    # CG on an 8 x 8 SPD system is exact after at most 8 products (float64, kappa 10:
+    # rounding ~1e-14); the best Neumann step contracts by (kappa-1)/(kappa+1) = 0.82 per
+    # product, so after 30 products it is still above 0.82^30 / kappa ~ 3e-4 of the error.
+    assert cg[8] < 1e-10
+    best = frame[(frame.linear_solver == "neumann") & ~np.isclose(frame.step,
+                                                                  1 / frame.lambda_max)]
+    assert best.set_index("iterations").rel_error[30] > 1e-5
+    assert best.set_index("iterations").rel_error[200] < 1e-10
+    assert figures.plot_neumann(frame).exists()

@@ -119,7 +119,20 @@ CLAIMS = {
         r"tensor bytes (\S+) MB,\s+the same on the CPU\).*?by B ≈ (\S+) tasks",
         lambda: [f"{gpu_maml16().cuda_peak_bytes / 1e6:.0f}", f"{gpu_maml16().peak_bytes / 1e6:.0f}",
                  f"{12e9 / gpu_maml16().cuda_peak_bytes:.0f}"]),
+    "learned lambda": (
+        r"\*\*Learned vector λ against the best scalar λ\*\*: (\S+) against (\S+)\s+\((.+?)\), "
+        r"(\S+)% lower.*?gives (\S+), so the learned vector closes (\S+)% of the gap.*?"
+        r"Spearman correlation with 1/s² is (\S+) ",
+        lambda: learned_lam()),
 }
+
+
+def learned_lam():
+    from suite import lam
+    s = lam.summary(pd.read_csv(RESULTS / "learned_lam.csv"))
+    return [f"{s['vector_loss']:.4f}", f"{s['best_scalar_loss']:.4f}",
+            s["best_scalar"].replace("scalar lam", "λ ="), f"{100 * s['gain']:.0f}",
+            f"{s['bayes_loss']:.4f}", f"{100 * s['gap_closed']:.0f}", f"{s['spearman']:.2f}"]
 
 
 @pytest.mark.parametrize("name", list(CLAIMS))
