@@ -148,6 +148,9 @@ def test_target_verdicts_on_a_hand_made_frame():
     assert verdicts()["every"] is True and verdicts()["Reptile"] is True
     frame.loc[frame.recipe == "imaml-paper-keep", "accuracy"] = 0.86   # beats the default
     assert verdicts()["the"] is False
+    frame["ci95"] = 0.006
+    measured = {what.split(" ")[0]: m for what, m, _ in report.targets(frame)}["the"]
+    assert measured.endswith("(+1.5 ± 0.8 points)")      # 86 - 84.5, hypot(0.6, 0.6)
 
 
 def test_cli_refuses_before_any_work(tmp_path, capsys):
