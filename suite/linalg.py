@@ -318,3 +318,37 @@ def hvp_at(loss_fn: Callable[[torch.Tensor], torch.Tensor], phi: torch.Tensor
         return torch.zeros_like(v) if out is None else out
 
     return grad.detach(), hvp
+
+
+def forward_over_reverse_at(loss_fn: Callable[[torch.Tensor], torch.Tensor], phi: torch.Tensor
+                            ) -> tuple[torch.Tensor, Matvec]:
+    """As ``hvp_at``, by forward-over-reverse: H v = d/dt grad(phi + t v) at t = 0, a
+    ``torch.func.jvp`` of ``torch.func.grad``. Nothing is kept between products (each one
+    recomputes the gradient with a tangent); written with torch.func only."""
+    from torch.func import grad, jvp
+    phi = phi.detach()
+    g = grad(loss_fn)
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        return jvp(g, (phi,), (v,))[1]
+
+    return g(phi).detach(), hvp
+
+
+HVP_PRODUCTS: dict[str, Callable] = {"reverse": hvp_at, "forward": forward_over_reverse_at}
+"""Exact Hessian-vector products: name -> ``product_at(loss_fn, phi) -> (grad, v -> H v)``."""
+
+FASTEST_HVP = {"cpu": "reverse", "cuda": "reverse"}
+"""The product ``hvp="auto"`` takes per device type. CPU: measured by ``python -m suite.sweeps
+hvp-cost`` (``results/hvp_cost_cpu.csv``: reverse-over-reverse on the kept graph is the
+cheaper one on the BatchNorm CNN). CUDA: not measured yet; reverse is assumed until
+``hvp-cost --device cuda`` says otherwise."""
+
+
+def hvp_product(name: str, device) -> Callable:
+    """The product named ``name`` ("auto": ``FASTEST_HVP`` for ``device``'s type)."""
+    if name == "auto":
+        name = FASTEST_HVP.get(torch.device(device).type, "reverse")
+    if name not in HVP_PRODUCTS:
+        raise ValueError(f"hvp must be 'auto' or one of {sorted(HVP_PRODUCTS)}, got {name!r}")
+    return HVP_PRODUCTS[name]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .curvature import Curvature, gauss_newton_at
-from .linalg import check_implicit_options, hvp_at, solve_implicit
+from .linalg import check_implicit_options, hvp_product, solve_implicit
 from .checks import check_finite, check_int, check_lam, check_scalar
 from .solvers import InnerProblem, backtracking_step, run_solver
 from .tasks import num_parameters
@@ -174,7 +174,8 @@ def fomaml(task, theta, *, lam, solver, lam_grad=False):
 
 
 def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="raise",
-          curvature="hessian", linear_solver="cg", neumann_step=None, lam_grad=False):
+          curvature="hessian", linear_solver="cg", neumann_step=None, hvp="auto",
+          lam_grad=False):
     """Implicit MAML: solve (I + H/lam) g = grad L_test(phi) at the solver's output phi.
 
     Lemma 1 of the paper: at phi = Alg*(theta), dAlg*/dtheta = (I + H/lam)^-1. Solved as
@@ -189,9 +190,13 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
     "raise" (default), "keep", "first-order" or "continue"; ``stats`` records the policy, the
     iteration and the smallest curvature met, and how many tasks got the first-order direction.
     ``stats.inner_stationarity`` = |grad G(phi)| / |grad G(theta)|: Lemma 1 assumes 0.
+    ``hvp`` picks the exact Hessian product (``suite.linalg.HVP_PRODUCTS``: "reverse" on the
+    kept gradient graph, "forward" over reverse; "auto": the faster one measured for the
+    device, ``FASTEST_HVP``).
     """
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
     check_implicit_options(on_breakdown, linear_solver)
+    product_at = hvp_product(hvp, theta.device)
     curvature = Curvature.parse(curvature)
     if lam_grad and curvature.name == "official":
         raise ValueError("lam_grad: the 'official' curvature's matrix does not come from the "
@@ -209,7 +214,7 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
     if curvature.needs_outputs:
         g_train, product = gauss_newton_at(task.train_outputs, task.train_output_loss, phi)
     else:
-        g_train, product = hvp_at(task.train_loss, phi)
+        g_train, product = product_at(task.train_loss, phi)
     if problem.grad_norm_at_theta:
         grad_G_norm = float(torch.linalg.vector_norm(g_train + lam * (phi - theta.detach())))
         stats.inner_stationarity = grad_G_norm / problem.grad_norm_at_theta
@@ -325,7 +330,7 @@ def meta_gradient(method: str, task, theta: torch.Tensor, *, lam: float, solver=
     ``lam_grad`` (a float for a number, a tensor for a vector) is computed when
     ``lam_grad=True`` or ``lam`` is a tensor that requires grad. Options per method:
     ``truncate`` ("truncated"); ``cg_steps``, ``cg_tol``, ``on_breakdown``, ``curvature``,
-    ``linear_solver`` and ``neumann_step`` ("imaml"); ``max_newton`` ("exact").
+    ``linear_solver``, ``neumann_step`` and ``hvp`` ("imaml"); ``max_newton`` ("exact").
     ``stats.wall_time_s`` covers the whole computation.
     """
     wants = bool(options.pop("lam_grad", False)) or (torch.is_tensor(lam) and lam.requires_grad)

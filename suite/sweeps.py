@@ -26,10 +26,11 @@ import synthetic
 
 from .checks import HelpFormatter, check_device, check_int, cli_out_folder, cli_range
 from .distributed import World, close, init
-from .linalg import CGBreakdown, hvp_at
+from .curvature import gauss_newton_at
+from .linalg import CGBreakdown, HVP_PRODUCTS, hvp_at
 from .measure import measure_memory, time_calls
-from .methods import meta_gradient_batch
-from .results import PROVENANCE, ResultsStore, provenance
+from .methods import meta_gradient, meta_gradient_batch
+from .results import PROVENANCE, ResultsStore, provenance, write_csv_atomic
 from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
 from .workloads import cnn_tasks, synthetic_workload
 
@@ -265,6 +266,52 @@ def hvp_cost(task, theta, *, repeats: int = 5, threads: int | None = None) -> di
             "grad_with_graph_in_grads": b.median_s / g.median_s, "threads": g.threads}
 
 
+def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int | None,
+                 steps: int = 16, cg_steps: int = 5, lam: float = 10.0) -> list[dict]:
+    """Every curvature product on the 4-layer CNN (native and primitive BatchNorm), in
+    gradients of the native model's training loss, and iMAML's time per meta-gradient
+    against first-order MAML's and its ideal (K + 2 + c C) / (K + 1), c the product's cost:
+    all timed in one interleaved group."""
+    fns, models = {}, {}
+    for bn in ("native", "primitive"):
+        tasks, theta = cnn_tasks(n_way=n_way, k_shot=k_shot, device=device, batchnorm=bn)
+        task, v = tasks[0], torch.randn_like(theta)
+        models[bn] = (task, theta)
+
+        def grad(task=task, theta=theta):
+            phi = theta.detach().requires_grad_(True)
+            torch.autograd.grad(task.train_loss(phi), phi)
+        fns[(bn, "gradient")] = grad
+        for name, product_at in HVP_PRODUCTS.items():
+            _, product = product_at(task.train_loss, theta)
+            fns[(bn, f"{name} HVP")] = lambda p=product, v=v: p(v)
+        fns[(bn, "gradient with its graph")] = (
+            lambda task=task, theta=theta: hvp_at(task.train_loss, theta))
+        _, gn = gauss_newton_at(task.train_outputs, task.train_output_loss, theta)
+        fns[(bn, "Gauss-Newton product")] = lambda p=gn, v=v: p(v)
+        for method in ("fomaml", "imaml"):
+            options = {"cg_steps": cg_steps, "hvp": "reverse"} if method == "imaml" else {}
+            fns[(bn, method)] = (lambda m=method, o=options, task=task, theta=theta: meta_gradient(
+                m, task, theta, lam=lam, solver=GD(steps, 0.1), **o))
+    t = time_calls(fns, repeats=repeats, threads=threads, warmup=2)
+    unit = t[("native", "gradient")].median_s
+    rows = []
+    for (bn, what), timing in t.items():
+        rows.append({"batchnorm": bn, "what": what, "seconds": timing.median_s,
+                     "iqr_s": timing.iqr_s, "in_native_gradients": timing.median_s / unit,
+                     "in_own_gradients": timing.median_s / t[(bn, "gradient")].median_s})
+    for bn in ("native", "primitive"):
+        c = t[(bn, "reverse HVP")].median_s / t[(bn, "gradient")].median_s
+        ideal = (steps + 2 + c * cg_steps) / (steps + 1)
+        measured = t[(bn, "imaml")].median_s / t[(bn, "fomaml")].median_s
+        rows.append({"batchnorm": bn, "what": f"imaml / fomaml (K={steps}, C={cg_steps})",
+                     "in_own_gradients": measured, "ideal": ideal,
+                     "over_ideal": measured / ideal})
+    prov = provenance(device=device, dtype="float32", threads=t[("native", "gradient")].threads,
+                      seed=0)
+    return [r | {"n_way": n_way, "k_shot": k_shot} | prov for r in rows]
+
+
 def _common_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", type=Path, default=Path(out), help="CSV to write (resumed if present)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -325,13 +372,16 @@ def main(argv=None) -> int:
     c.add_argument("--dim", type=int, default=100, help="synthetic workload only")
     c.add_argument("--lr", type=float, default=None,
                    help="inner GD step size (None: 0.1 CNN, 1/L synthetic)")
-    h = sub.add_parser("hvp-cost", help="cost of one HVP in gradients on the 4-layer CNN",
+    h = sub.add_parser("hvp-cost", help="cost of each curvature product in gradients on the "
+                       "4-layer CNN (native and primitive BatchNorm), and iMAML against its ideal",
                        formatter_class=HelpFormatter)
     h.add_argument("--n-way", type=int, default=20, help="classes per task")
     h.add_argument("--k-shot", type=int, default=5, help="images per class")
     h.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     h.add_argument("--repeats", type=int, default=5, help="timed repeats")
     h.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
+    h.add_argument("--out", type=Path, default=None,
+                   help="also write the rows to this CSV (e.g. results/hvp_cost_cpu.csv)")
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     check_device(args.device)
@@ -345,9 +395,22 @@ def main(argv=None) -> int:
                          "disturb each other: use --repeats 0 (errors and memory only), one "
                          "device per rank (--device cuda), or --shared-timing to accept it")
     if args.command == "hvp-cost":
-        tasks, theta = cnn_tasks(n_way=args.n_way, k_shot=args.k_shot, device=args.device)
-        for k, v in hvp_cost(tasks[0], theta, repeats=args.repeats, threads=args.threads).items():
-            print(f"{k:26s} {v:.4g}")
+        import pandas as pd
+        rows = pd.DataFrame(cnn_products(n_way=args.n_way, k_shot=args.k_shot,
+                                         device=args.device, repeats=args.repeats,
+                                         threads=args.threads))
+        print(f"{args.n_way}-way {args.k_shot}-shot CNN, {rows.device_name.iloc[0]}, "
+              f"{rows.threads.iloc[0]} threads; costs in gradients of the native model's "
+              "training loss (and of the row's own model):")
+        for r in rows.itertuples():
+            if r.what.startswith("imaml /"):
+                print(f"  {r.batchnorm:9s} {r.what:32s} {r.in_own_gradients:.3f} "
+                      f"(ideal {r.ideal:.3f}: {r.over_ideal:.3f} of it)")
+            else:
+                print(f"  {r.batchnorm:9s} {r.what:32s} {r.in_native_gradients:6.2f} "
+                      f"({r.in_own_gradients:.2f})")
+        if args.out is not None:
+            write_csv_atomic(rows, args.out)
         return 0
     if args.command == "error":
         points = error_points(methods=args.methods, steps_list=args.steps, cg_list=args.cg_steps,

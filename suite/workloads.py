@@ -47,15 +47,40 @@ def synthetic_workload(*, dim: int = 20, kappa: float = 100.0, lam: float = 1.0,
     return SyntheticWorkload(refs, tasks, theta, kappa, lam)
 
 
+class PrimitiveBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with batch statistics (``track_running_stats=False``) written from
+    primitive operations: x -> (x - mean) * (weight / sqrt(var + eps)) + bias by
+    ``torch.addcmul``. The same function as the native kernel (equal to ~1e-15 in float64),
+    whose double backward, a Hessian-vector product's share, differs in cost; autograd keeps
+    more of its intermediates, so unrolled methods hold more memory."""
+
+    def __init__(self, num_features: int, **kwargs):
+        super().__init__(num_features, track_running_stats=False, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean((0, 2, 3), keepdim=True)
+        centred = x - mean
+        var = centred.pow(2).mean((0, 2, 3), keepdim=True)
+        scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
+        return torch.addcmul(self.bias[:, None, None], centred, scale)
+
+
+BATCHNORMS = {"native": lambda c: nn.BatchNorm2d(c, track_running_stats=False),
+              "primitive": PrimitiveBatchNorm2d}
+
+
 def conv4(n_way: int, channels: int = 64, in_channels: int = 1,
-          activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+          activation: type[nn.Module] = nn.ReLU, batchnorm: str = "native") -> nn.Sequential:
     """The 4-layer CNN of MAML and iMAML for 28x28 inputs: 4 x [conv 3x3 stride 2 pad 1,
     BatchNorm (batch statistics, no running stats), ReLU], flatten, linear to ``n_way``.
-    ``activation=nn.Tanh`` gives the smooth variant used where exactness is tested."""
+    ``activation=nn.Tanh`` gives the smooth variant used where exactness is tested;
+    ``batchnorm="primitive"`` uses ``PrimitiveBatchNorm2d`` (the same function)."""
+    if batchnorm not in BATCHNORMS:
+        raise ValueError(f"batchnorm must be one of {sorted(BATCHNORMS)}, got {batchnorm!r}")
     layers, c = [], in_channels
     for _ in range(4):
         layers += [nn.Conv2d(c, channels, 3, stride=2, padding=1),
-                   nn.BatchNorm2d(channels, track_running_stats=False), activation()]
+                   BATCHNORMS[batchnorm](channels), activation()]
         c = channels
     # 28 -> 14 -> 7 -> 4 -> 2 spatially.
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 2 * 2, n_way))
@@ -69,7 +94,8 @@ def random_images(n_way: int, shots: int, generator: torch.Generator, *, dtype, 
 
 
 def cnn_tasks(*, n_way: int = 20, k_shot: int = 5, k_query: int | None = None,
-              n_tasks: int = 1, seed: int = 0, dtype=torch.float32, device="cpu"):
+              n_tasks: int = 1, seed: int = 0, dtype=torch.float32, device="cpu",
+              batchnorm: str = "native"):
     """A meta-batch of N-way K-shot tasks on random images for the 4-layer CNN, and theta.
 
     Random pixels are valid for time and memory, whose cost does not depend on the values.
@@ -78,7 +104,7 @@ def cnn_tasks(*, n_way: int = 20, k_shot: int = 5, k_query: int | None = None,
     k_query = check_int("k_query", k_query if k_query is not None else k_shot, 1)
     n_tasks = check_int("n_tasks", n_tasks, 1)
     torch.manual_seed(seed)
-    model = conv4(n_way).to(device=device, dtype=dtype)
+    model = conv4(n_way, batchnorm=batchnorm).to(device=device, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     tasks = [ModuleTask(model, random_images(n_way, k_shot, g, dtype=dtype, device=device),
                         random_images(n_way, k_query, g, dtype=dtype, device=device))
