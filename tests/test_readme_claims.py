@@ -119,12 +119,26 @@ CLAIMS = {
         r"tensor bytes (\S+) MB,\s+the same on the CPU\).*?by B ≈ (\S+) tasks",
         lambda: [f"{gpu_maml16().cuda_peak_bytes / 1e6:.0f}", f"{gpu_maml16().peak_bytes / 1e6:.0f}",
                  f"{12e9 / gpu_maml16().cuda_peak_bytes:.0f}"]),
+    "curvature products": (
+        r"the reverse product costs (\S+) gradients, the\s+forward one (\S+), a Gauss-Newton "
+        r"product (\S+); iMAML at K = 16, C = 5 takes\s+(\S+) of its ideal.*?its Hessian "
+        r"product costs (\S+)\s+gradients of the native model, but its gradient costs (\S+),",
+        lambda: hvp_costs()),
     "learned lambda": (
         r"\*\*Learned vector λ against the best scalar λ\*\*: (\S+) against (\S+)\s+\((.+?)\), "
         r"(\S+)% lower.*?gives (\S+), so the learned vector closes (\S+)% of the gap.*?"
         r"Spearman correlation with 1/s² is (\S+) ",
         lambda: learned_lam()),
 }
+
+
+def hvp_costs():
+    h = pd.read_csv(RESULTS / "hvp_cost_cpu.csv").set_index(["batchnorm", "what"])
+    cost = lambda bn, what: f"{h.loc[(bn, what), 'in_native_gradients']:.1f}"  # noqa: E731
+    return [cost("native", "reverse HVP"), cost("native", "forward HVP"),
+            cost("native", "Gauss-Newton product"),
+            f"{h.loc[('native', 'imaml / fomaml (K=16, C=5)'), 'over_ideal']:.2f}",
+            cost("primitive", "reverse HVP"), cost("primitive", "gradient")]
 
 
 def learned_lam():
