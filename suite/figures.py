@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from suite import claims, table1  # noqa: E402
 from suite.checks import HelpFormatter, check_device  # noqa: E402
-from suite.results import ResultsStore  # noqa: E402
+from suite.results import ResultsStore, pin_commit  # noqa: E402
 from suite.sweeps import cost_points, error_points, hvp_cost, run_sweep  # noqa: E402
 from suite.workloads import synthetic_workload  # noqa: E402
 
@@ -302,6 +302,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     check_device(args.device)
+    pin_commit()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 import synthetic  # noqa: E402
 from .checks import HelpFormatter, check_float, check_int, cli_out_folder  # noqa: E402
 from .methods import meta_gradient_batch  # noqa: E402
-from .results import ResultsStore, provenance, write_csv_atomic  # noqa: E402
+from .results import ResultsStore, pin_commit, provenance, write_csv_atomic  # noqa: E402
 from .solvers import NewtonCG  # noqa: E402
 from .tasks import LinearRegressionTask  # noqa: E402
 
@@ -275,6 +275,7 @@ def main(argv=None) -> None:
                    help="folder of learned_lam.png and learned_lam.md")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
+    pin_commit()
     for flag in ("iterations", "meta_batch", "eval_tasks"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be an integer >= 1, got "

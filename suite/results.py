@@ -34,6 +34,13 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
+def pin_commit() -> str:
+    """Fix this process's ``git_commit`` at its start: a command that rewrites a committed
+    results file would otherwise mark its own later rows '+dirty'."""
+    os.environ["SUITE_GIT_COMMIT"] = git_commit()
+    return os.environ["SUITE_GIT_COMMIT"]
+
+
 def device_name(device) -> str:
     device = torch.device(device)
     if device.type == "cuda":

@@ -30,7 +30,7 @@ from .curvature import gauss_newton_at
 from .linalg import CGBreakdown, HVP_PRODUCTS, hvp_at
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient, meta_gradient_batch
-from .results import PROVENANCE, ResultsStore, provenance, write_csv_atomic
+from .results import PROVENANCE, ResultsStore, pin_commit, provenance, write_csv_atomic
 from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
 from .workloads import cnn_tasks, synthetic_workload
 
@@ -384,6 +384,7 @@ def main(argv=None) -> int:
                    help="also write the rows to this CSV (e.g. results/hvp_cost_cpu.csv)")
     args = parser.parse_args(argv)
     check_arguments(parser, args)
+    pin_commit()
     check_device(args.device)
     world, _ = init(args.device)
     if world.size > 1:

@@ -139,3 +139,15 @@ def test_omniglot_download_offline_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "download", offline)
     with pytest.raises(SystemExit, match="could not fetch.*copy images_background.zip"):
         cli.main(["download", "--root", str(tmp_path)])
+
+
+def test_pinned_commit_survives_the_command_rewriting_tracked_files(monkeypatch):
+    # A command pins its commit at its start, so rows written after it rewrites a committed
+    # results file are not marked '+dirty' by its own output.
+    from suite import results
+    monkeypatch.setenv("SUITE_GIT_COMMIT", "")      # restored (or removed) after the test
+    monkeypatch.delenv("SUITE_GIT_COMMIT")
+    pinned = results.pin_commit()
+    monkeypatch.setattr(results.subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("git asked again")))
+    assert results.git_commit() == pinned

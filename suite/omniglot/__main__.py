@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..checks import check_device
 from ..distributed import World
-from ..results import ResultsStore
+from ..results import ResultsStore, pin_commit
 from . import data, recipes, report
 from .train import TrainConfig, check_divisible_meta_batch, evaluate, run_provenance, train
 
@@ -191,6 +191,7 @@ def main(argv=None) -> int:
         p.add_argument("--report-only", action="store_true",
                        help="rewrite the report from the results folder, train nothing")
     args = parser.parse_args(argv)
+    pin_commit()
     if args.command == "download":
         try:
             for path in data.download(args.root):
