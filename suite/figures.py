@@ -273,8 +273,8 @@ def plot_neumann(frame: pd.DataFrame) -> Path:
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower left")
     info = config_text(frame, "kappa", "lam", "dim", "dtype")
-    fig.suptitle(f"iMAML's implicit solve: CG against the Neumann series ({info}, exact inner "
-                 "solution)", fontsize=9)
+    fig.suptitle(f"iMAML's implicit solve: CG against the Neumann series\n({info}, exact "
+                 "inner solution)", fontsize=9)
     fig.tight_layout()
     return save(fig, "linear_solvers")
 
