@@ -119,6 +119,9 @@ CLAIMS = {
         r"tensor bytes (\S+) MB,\s+the same on the CPU\).*?by B ≈ (\S+) tasks",
         lambda: [f"{gpu_maml16().cuda_peak_bytes / 1e6:.0f}", f"{gpu_maml16().peak_bytes / 1e6:.0f}",
                  f"{12e9 / gpu_maml16().cuda_peak_bytes:.0f}"]),
+    "figure 2b, truncated with k = K": (
+        r"timed together\s+with it, interleaved, it takes (\S+) to (\S+) of MAML's time",
+        lambda: truncated_over_maml()),
     "curvature products": (
         r"the reverse product costs (\S+) gradients, the\s+forward one (\S+), a Gauss-Newton "
         r"product (\S+); iMAML at K = 16, C = 5 takes\s+(\S+) of its ideal.*?its Hessian "
@@ -130,6 +133,12 @@ CLAIMS = {
         r"Spearman correlation with 1/s² is (\S+) ",
         lambda: learned_lam()),
 }
+
+
+def truncated_over_maml():
+    f = fig2b().pivot_table(index="inner_steps", columns="method", values="time_s")
+    ratio = (f.truncated / f.maml)[f.index <= 4]
+    return [f"{ratio.min():.2f}", f"{ratio.max():.2f}"]
 
 
 def hvp_costs():
