@@ -70,6 +70,34 @@ def _check_common(max_iter, tol, b):
     return tol
 
 
+@dataclass
+class _Rows:
+    """The systems of a 1-D or 2-D right-hand side as rows, and their shared bookkeeping."""
+
+    batched: bool
+    B: torch.Tensor
+    safe_norm: torch.Tensor     # |b| per row, 1 where b = 0 (its residual is then |r|)
+    stopped: torch.Tensor       # rows stopped by a breakdown (or divergence)
+    flagged: torch.Tensor       # rows that met one
+    steps: torch.Tensor         # iterations taken per row
+
+    @classmethod
+    def of(cls, b: torch.Tensor) -> "_Rows":
+        B = b if b.ndim == 2 else b[None]
+        b_norm = torch.linalg.vector_norm(B, dim=1)
+        none = torch.zeros_like(b_norm, dtype=torch.bool)
+        return cls(b.ndim == 2, B, torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm)),
+                   none, none.clone(), torch.zeros(B.shape[0], dtype=torch.long, device=B.device))
+
+    def result(self, x, iterations, residual, tol, first, extreme) -> CGResult:
+        one = (lambda t: t) if self.batched else (lambda t: t[0])  # noqa: E731
+        worst = float(residual.max())
+        return CGResult(one(x), iterations, worst, worst <= tol and not bool(self.stopped.any()),
+                        bool(self.flagged.any()), first,
+                        extreme if math.isfinite(extreme) else math.nan, one(self.steps),
+                        one(self.flagged))
+
+
 def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
                        tol: float | None = None, on_breakdown: str = "raise") -> CGResult:
     """Solve A x = b for symmetric positive definite A given only ``matvec(v) = A v``.
@@ -88,17 +116,13 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
     if on_breakdown not in CG_MODES:
         raise ValueError(f"on_breakdown must be one of {CG_MODES}, got {on_breakdown!r}")
     tol = _check_common(max_iter, tol, b)
-    batched = b.ndim == 2
-    B = b if batched else b[None]
-    b_norm = torch.linalg.vector_norm(B, dim=1)
-    safe_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    rows = _Rows.of(b)
+    batched, B, safe_norm = rows.batched, rows.B, rows.safe_norm
+    stopped, met_negative, steps = rows.stopped, rows.flagged, rows.steps
     x = torch.zeros_like(B)
     r, p = B.clone(), B.clone()
     rr = (r * r).sum(1)
     residual = rr.sqrt() / safe_norm
-    stopped = torch.zeros_like(b_norm, dtype=torch.bool)
-    met_negative = torch.zeros_like(stopped)
-    steps = torch.zeros(B.shape[0], dtype=torch.long, device=B.device)
     first_breakdown, min_curvature = None, math.inf
     k = 0
     while k < max_iter:
@@ -132,12 +156,7 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
         residual = torch.where(active, rr.sqrt() / safe_norm, residual)
         steps += active.long()
         k += 1
-    worst = float(residual.max())
-    return CGResult(x if batched else x[0], k, worst, worst <= tol and not bool(stopped.any()),
-                    bool(met_negative.any()), first_breakdown,
-                    min_curvature if math.isfinite(min_curvature) else math.nan,
-                    steps if batched else steps[0],
-                    met_negative if batched else met_negative[0])
+    return rows.result(x, k, residual, tol, first_breakdown, min_curvature)
 
 
 def normal_equations_cg(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
@@ -193,15 +212,11 @@ def neumann_series(matvec: Matvec, b: torch.Tensor, *, max_iter: int, tol: float
         raise ValueError(f"neumann_step must be a finite number in (0, 2 / largest eigenvalue "
                          f"of A), got {step!r}")
     tol = _check_common(max_iter, tol, b)
-    batched = b.ndim == 2
-    B = b if batched else b[None]
-    b_norm = torch.linalg.vector_norm(B, dim=1)
-    safe_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    rows = _Rows.of(b)
+    batched, B, safe_norm = rows.batched, rows.B, rows.safe_norm
+    stopped, diverged, steps = rows.stopped, rows.flagged, rows.steps
     x, r = torch.zeros_like(B), B.clone()
     residual = torch.linalg.vector_norm(r, dim=1) / safe_norm
-    stopped = torch.zeros_like(b_norm, dtype=torch.bool)
-    diverged = torch.zeros_like(stopped)
-    steps = torch.zeros(B.shape[0], dtype=torch.long, device=B.device)
     first_breakdown, smallest, largest = None, math.inf, -math.inf
     k = 0
     while k < max_iter:
@@ -232,11 +247,7 @@ def neumann_series(matvec: Matvec, b: torch.Tensor, *, max_iter: int, tol: float
         k += 1
         if not bool(active.any()):
             break
-    worst = float(residual.max())
-    return CGResult(x if batched else x[0], k, worst, worst <= tol and not bool(stopped.any()),
-                    bool(diverged.any()), first_breakdown,
-                    smallest if math.isfinite(smallest) else math.nan,
-                    steps if batched else steps[0], diverged if batched else diverged[0])
+    return rows.result(x, k, residual, tol, first_breakdown, smallest)
 
 
 LINEAR_SOLVERS: dict[str, Callable[..., CGResult]] = {
