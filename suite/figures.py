@@ -132,7 +132,7 @@ def plot_fig2a(frame: pd.DataFrame) -> Path:
         ax.legend(fontsize=7, loc="lower left")
     info = config_text(frame, "kappa", "lam", "dtype", "device")
     fig.suptitle("Figure 2a: relative error against d/dθ L_test(Alg*(θ)), "
-                 f"synthetic linear regression ({info})", fontsize=10)
+                 f"synthetic linear regression\n({info})", fontsize=10)
     fig.tight_layout()
     return save(fig, "figure2a")
 
@@ -172,8 +172,8 @@ def plot_fig2b(frame: pd.DataFrame) -> Path:
     ax_t.legend(fontsize=8)
     ax_m.legend(fontsize=8)
     info = config_text(frame, "n_way", "k_shot", "lam", "lr", "dtype", "device_name", "threads")
-    fig.suptitle(f"Figure 2b: compute and memory, 4-layer CNN, one task ({info}, "
-                 "random 28x28 images)", fontsize=10)
+    fig.suptitle(f"Figure 2b: compute and memory, 4-layer CNN, one task of random 28x28 "
+                 f"images\n({info})", fontsize=10)
     fig.tight_layout()
     return save(fig, "figure2b")
 
