@@ -160,7 +160,8 @@ def run(cfg: LamConfig, out: Path, coordinates: Path, progress=print) -> pd.Data
             "lam_geomean": float(np.exp(np.log(lam).mean())),
             "spearman_vs_inverse_spread2": rho,
             "median_abs_log10_lam_over_bayes": float(np.median(np.abs(np.log10(lam / target)))),
-            "max_cg_residual": worst, "max_inner_stationarity": stationarity, "seconds": round(time.perf_counter() - start, 2),
+            "max_cg_residual": worst, "max_inner_stationarity": stationarity,
+            "seconds": round(time.perf_counter() - start, 2),
             "status": "ok", **provenance(device="cpu", dtype="float64",
                                          threads=torch.get_num_threads(), seed=cfg.seed)})
         if learn == "vector":
@@ -211,8 +212,9 @@ def plot(frame: pd.DataFrame, coords: pd.DataFrame, path: Path) -> Path:
     b.set_xscale("log")
     for name, color, ls in (("learned scalar", "C1", "--"), ("learned vector", "C0", "-"),
                             ("Bayes-optimal", "k", ":")):
+        extra = " (θ = mean, λ = σ²/(n s²))" if name == "Bayes-optimal" else ""
         b.axhline(frame.set_index("config").loc[name, "meta_test_loss"], color=color, ls=ls,
-                  label=name + (" (θ = mean, λ = σ²/(n s²))" if name == "Bayes-optimal" else ""))
+                  label=name + extra)
     b.set_xlabel("scalar λ")
     b.set_ylabel("meta-test loss (held-out tasks)")
     b.set_title(f"(b) meta-test loss after {s['iterations']} outer iterations")

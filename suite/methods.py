@@ -184,15 +184,16 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
     iterations at most (stopping early below ``cg_tol``) of ``linear_solver``
     (``suite.linalg.LINEAR_SOLVERS``: "cg", "normal-cg", or "neumann" with its
     ``neumann_step`` in (0, 2 / largest eigenvalue of H + lam)); a budget that leaves a
-    residual is reported in ``stats`` (``cg_converged=False``). ``curvature`` (a name or ``suite.curvature.Curvature``)
-    replaces H: "hessian" (the paper), "gauss-newton", "damped", "official". A breakdown
+    residual is reported in ``stats`` (``cg_converged=False``). ``curvature`` (a name or
+    ``suite.curvature.Curvature``) replaces H: "hessian" (the paper), "gauss-newton",
+    "damped", "official"; with an approximate H, d/dlam is approximate alike. A breakdown
     (p^T A p <= 0) is handled by ``on_breakdown`` (``suite.linalg.BREAKDOWN_POLICIES``):
     "raise" (default), "keep", "first-order" or "continue"; ``stats`` records the policy, the
     iteration and the smallest curvature met, and how many tasks got the first-order direction.
     ``stats.inner_stationarity`` = |grad G(phi)| / |grad G(theta)|: Lemma 1 assumes 0.
     ``hvp`` picks the exact Hessian product (``suite.linalg.HVP_PRODUCTS``: "reverse" on the
     kept gradient graph, "forward" over reverse; "auto": the faster one measured for the
-    device, ``FASTEST_HVP``).
+    device, ``FASTEST_HVP``); "gauss-newton" has its own product and ignores it.
     """
     cg_steps = check_int("cg_steps", cg_steps, minimum=1)
     check_implicit_options(on_breakdown, linear_solver)

@@ -83,8 +83,8 @@ def add_training_args(p):
                              "per outer iteration"), ("outer-lr", float, "outer Adam learning "
                              "rate"), ("lam-lr", float, "outer Adam learning rate of log "
                              "lam (recipes that learn lam)"), ("eval-tasks", int, "held-out "
-                             "tasks of the final evaluation"), ("seed", int, "seed of the initialisation and the "
-                             "task stream")):
+                             "tasks of the final evaluation"), ("seed", int, "seed of the "
+                             "initialisation and the task stream")):
         name = flag.replace("-", "_")
         p.add_argument(f"--{flag}", dest=name, type=kind, default=None,
                        help=f"{what} (default: {getattr(defaults, name)})")
