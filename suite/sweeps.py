@@ -247,17 +247,20 @@ def cost_points(*, workload, methods, steps_list, cg_list=(5,), truncate_list=(5
                          device=device, seed=seed, **common)
 
 
+def _gradient_call(task, theta):
+    """A call that computes one gradient of the task's training loss at theta (the unit)."""
+    def call():
+        phi = theta.detach().requires_grad_(True)
+        torch.autograd.grad(task.train_loss(phi), phi)
+    return call
+
+
 def hvp_cost(task, theta, *, repeats: int = 5, threads: int | None = None) -> dict:
     """Time of one gradient of L_train, of one HVP on a kept gradient graph (what each CG
     iteration costs), and of building that graph (a gradient with create_graph)."""
     v = torch.randn_like(theta)
-
-    def grad():
-        phi = theta.detach().requires_grad_(True)
-        torch.autograd.grad(task.train_loss(phi), phi)
-
     _, hvp = hvp_at(task.train_loss, theta)
-    t = time_calls({"grad": grad, "hvp": lambda: hvp(v),
+    t = time_calls({"grad": _gradient_call(task, theta), "hvp": lambda: hvp(v),
                     "graph": lambda: hvp_at(task.train_loss, theta)},
                    repeats=repeats, threads=threads, warmup=3)
     g, h, b = t["grad"], t["hvp"], t["graph"]
@@ -272,16 +275,11 @@ def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int 
     gradients of the native model's training loss, and iMAML's time per meta-gradient
     against first-order MAML's and its ideal (K + 2 + c C) / (K + 1), c the product's cost:
     all timed in one interleaved group."""
-    fns, models = {}, {}
+    fns = {}
     for bn in ("native", "primitive"):
         tasks, theta = cnn_tasks(n_way=n_way, k_shot=k_shot, device=device, batchnorm=bn)
         task, v = tasks[0], torch.randn_like(theta)
-        models[bn] = (task, theta)
-
-        def grad(task=task, theta=theta):
-            phi = theta.detach().requires_grad_(True)
-            torch.autograd.grad(task.train_loss(phi), phi)
-        fns[(bn, "gradient")] = grad
+        fns[(bn, "gradient")] = _gradient_call(task, theta)
         for name, product_at in HVP_PRODUCTS.items():
             _, product = product_at(task.train_loss, theta)
             fns[(bn, f"{name} HVP")] = lambda p=product, v=v: p(v)
