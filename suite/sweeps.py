@@ -32,7 +32,7 @@ from .measure import measure_memory, time_calls
 from .methods import meta_gradient, meta_gradient_batch
 from .results import PROVENANCE, ResultsStore, pin_commit, provenance, write_csv_atomic
 from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
-from .workloads import cnn_tasks, synthetic_workload
+from .workloads import BATCHNORMS, cnn_tasks, synthetic_workload
 
 KEY = ["workload", "method", "solver", "inner_steps", "cg_steps", "truncate", "kappa", "lam",
        "lr", "dim", "n_train", "n_way", "k_shot", "meta_batch", "device", "dtype", "seed"]
@@ -271,12 +271,12 @@ def hvp_cost(task, theta, *, repeats: int = 5, threads: int | None = None) -> di
 
 def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int | None,
                  steps: int = 16, cg_steps: int = 5, lam: float = 10.0) -> list[dict]:
-    """Every curvature product on the 4-layer CNN (native and primitive BatchNorm), in
+    """Every curvature product on the 4-layer CNN with each BatchNorm of ``BATCHNORMS``, in
     gradients of the native model's training loss, and iMAML's time per meta-gradient
     against first-order MAML's and its ideal (K + 2 + c C) / (K + 1), c the product's cost:
     all timed in one interleaved group."""
     fns = {}
-    for bn in ("native", "primitive"):
+    for bn in BATCHNORMS:
         tasks, theta = cnn_tasks(n_way=n_way, k_shot=k_shot, device=device, batchnorm=bn)
         task, v = tasks[0], torch.randn_like(theta)
         fns[(bn, "gradient")] = _gradient_call(task, theta)
@@ -298,7 +298,7 @@ def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int 
         rows.append({"batchnorm": bn, "what": what, "seconds": timing.median_s,
                      "iqr_s": timing.iqr_s, "in_native_gradients": timing.median_s / unit,
                      "in_own_gradients": timing.median_s / t[(bn, "gradient")].median_s})
-    for bn in ("native", "primitive"):
+    for bn in BATCHNORMS:
         c = t[(bn, "reverse HVP")].median_s / t[(bn, "gradient")].median_s
         ideal = (steps + 2 + c * cg_steps) / (steps + 1)
         measured = t[(bn, "imaml")].median_s / t[(bn, "fomaml")].median_s
@@ -371,7 +371,8 @@ def main(argv=None) -> int:
     c.add_argument("--lr", type=float, default=None,
                    help="inner GD step size (None: 0.1 CNN, 1/L synthetic)")
     h = sub.add_parser("hvp-cost", help="cost of each curvature product in gradients on the "
-                       "4-layer CNN (native and primitive BatchNorm), and iMAML against its ideal",
+                       "4-layer CNN (each BatchNorm: native, primitive, closed-form), and "
+                       "iMAML against its ideal",
                        formatter_class=HelpFormatter)
     h.add_argument("--n-way", type=int, default=20, help="classes per task")
     h.add_argument("--k-shot", type=int, default=5, help="images per class")

@@ -9,6 +9,7 @@ from torch import nn
 
 import synthetic
 
+from .batchnorm import ClosedFormBatchNorm2d
 from .checks import check_int
 from .tasks import LinearRegressionTask, ModuleTask
 
@@ -66,15 +67,17 @@ class PrimitiveBatchNorm2d(nn.BatchNorm2d):
 
 
 BATCHNORMS = {"native": lambda c: nn.BatchNorm2d(c, track_running_stats=False),
-              "primitive": PrimitiveBatchNorm2d}
+              "primitive": PrimitiveBatchNorm2d, "closed-form": ClosedFormBatchNorm2d}
 
 
 def conv4(n_way: int, channels: int = 64, in_channels: int = 1,
-          activation: type[nn.Module] = nn.ReLU, batchnorm: str = "native") -> nn.Sequential:
+          activation: type[nn.Module] = nn.ReLU, batchnorm: str = "closed-form") -> nn.Sequential:
     """The 4-layer CNN of MAML and iMAML for 28x28 inputs: 4 x [conv 3x3 stride 2 pad 1,
     BatchNorm (batch statistics, no running stats), ReLU], flatten, linear to ``n_way``.
-    ``activation=nn.Tanh`` gives the smooth variant used where exactness is tested;
-    ``batchnorm="primitive"`` uses ``PrimitiveBatchNorm2d`` (the same function)."""
+    ``activation=nn.Tanh`` gives the smooth variant used where exactness is tested.
+    ``batchnorm``: "closed-form" (``ClosedFormBatchNorm2d``: native kernels, double backward
+    in closed form, the cheapest Hessian-vector product measured), "native"
+    (``nn.BatchNorm2d``) or "primitive" (``PrimitiveBatchNorm2d``); all the same function."""
     if batchnorm not in BATCHNORMS:
         raise ValueError(f"batchnorm must be one of {sorted(BATCHNORMS)}, got {batchnorm!r}")
     layers, c = [], in_channels
@@ -95,7 +98,7 @@ def random_images(n_way: int, shots: int, generator: torch.Generator, *, dtype, 
 
 def cnn_tasks(*, n_way: int = 20, k_shot: int = 5, k_query: int | None = None,
               n_tasks: int = 1, seed: int = 0, dtype=torch.float32, device="cpu",
-              batchnorm: str = "native"):
+              batchnorm: str = "closed-form"):
     """A meta-batch of N-way K-shot tasks on random images for the 4-layer CNN, and theta.
 
     Random pixels are valid for time and memory, whose cost does not depend on the values.

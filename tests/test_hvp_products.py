@@ -1,5 +1,6 @@
 """Exact Hessian-vector products: reverse-over-reverse, forward-over-reverse, and the CNN with
-BatchNorm written from primitive operations, all equal in float64; the hvp-cost report."""
+BatchNorm written from primitive operations or with its double backward in closed form, all
+equal in float64; the closed form against finite differences; the hvp-cost report."""
 import pytest
 import torch
 
@@ -7,7 +8,8 @@ from suite import meta_gradient
 from suite.linalg import FASTEST_HVP, HVP_PRODUCTS, hvp_at, hvp_product
 from suite.solvers import GD
 from suite.sweeps import cnn_products
-from suite.workloads import cnn_tasks
+from suite.batchnorm import ClosedFormBatchNorm2d
+from suite.workloads import BATCHNORMS, cnn_tasks
 
 F64 = torch.float64
 
@@ -18,7 +20,7 @@ def _rel(a, b):
 
 @pytest.fixture(scope="module")
 def cnn():
-    tasks, theta = cnn_tasks(n_way=5, k_shot=1, dtype=F64, seed=3)
+    tasks, theta = cnn_tasks(n_way=5, k_shot=1, dtype=F64, seed=3, batchnorm="native")
     prim, _ = cnn_tasks(n_way=5, k_shot=1, dtype=F64, seed=3, batchnorm="primitive")
     return tasks[0], prim[0], theta
 
@@ -35,16 +37,62 @@ def test_products_agree_in_float64(cnn):
         assert _rel(g, hvp_at(task.train_loss, theta)[0]) < 1e-12, name
 
 
-def test_primitive_batchnorm_is_the_same_function(cnn):
+@pytest.mark.parametrize("batchnorm", sorted(set(BATCHNORMS) - {"native"}))
+def test_each_batchnorm_is_the_same_function(batchnorm, cnn):
     # Same parameters (BatchNorm's initialisation draws no random numbers), the same
-    # normalisation written with other kernels: float64 rounding only, ~1e-15.
-    native, prim, theta = cnn
+    # normalisation and derivatives written with other kernels: float64 rounding only,
+    # ~1e-15 relative; 1e-10 is far below any wrong term (O(1)). Both exact products.
+    native, _, theta = cnn
+    other = cnn_tasks(n_way=5, k_shot=1, dtype=F64, seed=3, batchnorm=batchnorm)[0][0]
     x = native.support[0]
-    assert _rel(prim.outputs(theta, x), native.outputs(theta, x)) < 1e-12
+    assert _rel(other.outputs(theta, x), native.outputs(theta, x)) < 1e-12
     v = torch.randn_like(theta)
-    gn, hn = hvp_at(native.train_loss, theta)
-    gp, hp = hvp_at(prim.train_loss, theta)
-    assert _rel(gp, gn) < 1e-10 and _rel(hp(v), hn(v)) < 1e-10
+    for name, product_at in HVP_PRODUCTS.items():
+        gn, hn = product_at(native.train_loss, theta)
+        go, ho = product_at(other.train_loss, theta)
+        assert _rel(go, gn) < 1e-10 and _rel(ho(v), hn(v)) < 1e-10, name
+
+
+def test_closed_form_batchnorm_against_finite_differences():
+    # torch's gradcheck compares each analytic derivative with central differences in float64
+    # (its default tolerances: eps 1e-6, atol 1e-5, rtol 1e-3, against an O(eps^2) error):
+    # first derivatives in reverse and forward mode, second derivatives reverse-over-reverse
+    # and forward-over-reverse, and third derivatives through the recorded double backward.
+    torch.manual_seed(0)
+    bn = ClosedFormBatchNorm2d(3).double()
+    x = torch.randn(4, 3, 5, 5, dtype=F64, requires_grad=True)
+    w = torch.randn(3, dtype=F64, requires_grad=True)
+    b = torch.randn(3, dtype=F64, requires_grad=True)
+
+    def f(x, w, b):
+        return torch.func.functional_call(bn, {"weight": w, "bias": b}, (x,))
+
+    assert torch.autograd.gradcheck(f, (x, w, b), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(f, (x, w, b), check_fwd_over_rev=True)
+    gy = torch.randn(4, 3, 5, 5, dtype=F64)
+
+    def grad_of_f(x, w, b):
+        return torch.autograd.grad((f(x, w, b) * gy).sum(), (x, w), create_graph=True)
+
+    assert torch.autograd.gradgradcheck(grad_of_f, (x, w, b))
+
+
+def test_closed_form_batchnorm_gradient_is_native_bit_for_bit_on_cpu():
+    # Its forward and first backward are the very kernels nn.BatchNorm2d runs on the CPU, so
+    # first-order methods (and FOMAML's numbers) do not change by a bit in float32.
+    native = cnn_tasks(n_way=5, k_shot=1, seed=3, batchnorm="native")[0][0]
+    closed, theta = cnn_tasks(n_way=5, k_shot=1, seed=3, batchnorm="closed-form")
+    phi = theta.detach().requires_grad_(True)
+    gn, = torch.autograd.grad(native.train_loss(phi), phi)
+    gc, = torch.autograd.grad(closed[0].train_loss(phi), phi)
+    assert torch.equal(gn, gc)
+
+
+def test_closed_form_batchnorm_refuses_bad_input():
+    with pytest.raises(ValueError, match="affine=True"):
+        ClosedFormBatchNorm2d(3, affine=False)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\) inputs, got 3"):
+        ClosedFormBatchNorm2d(3)(torch.randn(2, 3, 4))
 
 
 def test_imaml_takes_each_product(cnn):
@@ -61,11 +109,11 @@ def test_hvp_cost_rows():
     rows = cnn_products(n_way=2, k_shot=1, device="cpu", repeats=1, threads=1, steps=2,
                         cg_steps=2)
     whats = {(r["batchnorm"], r["what"]) for r in rows}
-    for bn in ("native", "primitive"):
+    for bn in BATCHNORMS:
         for what in ("gradient", "reverse HVP", "forward HVP", "Gauss-Newton product",
                      "gradient with its graph", "fomaml", "imaml"):
             assert (bn, what) in whats
     ratio = [r for r in rows if r["what"].startswith("imaml /")]
-    assert len(ratio) == 2 and all(r["ideal"] > 1 and r["over_ideal"] > 0 for r in ratio)
+    assert len(ratio) == len(BATCHNORMS) and all(r["ideal"] > 1 and r["over_ideal"] > 0 for r in ratio)
     unit = [r for r in rows if r["what"] == "gradient" and r["batchnorm"] == "native"][0]
     assert unit["in_native_gradients"] == 1.0

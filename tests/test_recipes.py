@@ -1,6 +1,7 @@
 """The Omniglot recipe registry: every recipe gives a finite, non-zero direction on a tiny
 task (no data needed), Reptile's outer step and annealing, resume across configuration
 changes, the targets' verdicts, and the CLI's refusals."""
+import argparse
 import math
 
 import numpy as np
@@ -151,6 +152,20 @@ def test_target_verdicts_on_a_hand_made_frame():
     frame["ci95"] = 0.006
     measured = {what.split(" ")[0]: m for what, m, _ in report.targets(frame)}["the"]
     assert measured.endswith("(+1.5 ± 0.8 points)")      # 86 - 84.5, hypot(0.6, 0.6)
+
+
+def test_batchnorm_option_builds_that_network_and_refuses_others():
+    from suite.batchnorm import ClosedFormBatchNorm2d
+    from suite.omniglot.train import model_for
+    kinds = lambda cfg: {type(m) for m in model_for(cfg).modules()}  # noqa: E731
+    assert torch.nn.BatchNorm2d in kinds(TrainConfig("maml"))  # as Table 2 was trained
+    assert ClosedFormBatchNorm2d in kinds(TrainConfig("maml", batchnorm="closed-form"))
+    with pytest.raises(ValueError, match="batchnorm must be one of"):
+        TrainConfig("maml", batchnorm="fused")
+    parser = argparse.ArgumentParser()
+    cli.add_training_args(parser)
+    args = parser.parse_args(["--batchnorm", "closed-form"])
+    assert cli.config_from(args, "maml").batchnorm == "closed-form"
 
 
 def test_cli_refuses_before_any_work(tmp_path, capsys):

@@ -33,6 +33,7 @@ from .. import distributed
 from ..checks import check_device
 from ..distributed import World
 from ..results import ResultsStore, pin_commit
+from ..workloads import BATCHNORMS
 from . import data, recipes, report
 from .train import TrainConfig, check_divisible_meta_batch, evaluate, run_provenance, train
 
@@ -60,7 +61,7 @@ def load_split(args):
 def config_from(args, recipe: str) -> TrainConfig:
     values = {name: getattr(args, name) for name in (
         "n_way", "k_shot", "k_query", "inner_steps", "inner_lr", "cg_steps", "meta_batch",
-        "outer_lr", "lam_lr", "eval_tasks", "seed", "device")
+        "outer_lr", "lam_lr", "eval_tasks", "seed", "device", "batchnorm")
         if getattr(args, name, None) is not None}
     values["max_iterations"] = args.iterations
     values["budget_s"] = args.minutes * 60 if args.minutes else float("inf")
@@ -93,6 +94,10 @@ def add_training_args(p):
     p.add_argument("--minutes", type=float, default=None,
                    help="also stop a recipe after this many training minutes (default: none)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--batchnorm", choices=sorted(BATCHNORMS), default=None,
+                   help="the network's BatchNorm, the same function in each: closed-form has "
+                   f"the cheapest Hessian-vector product (default: {defaults.batchnorm}, as the "
+                   "committed Table 2 rows were trained)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "omniglot",
                    help="results folder (default: results/omniglot)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

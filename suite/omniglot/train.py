@@ -33,7 +33,7 @@ from ..methods import Stats, meta_gradient, meta_gradient_batch
 from ..results import provenance, write_csv_atomic
 from ..solvers import InnerProblem, run_solver
 from ..tasks import ModuleTask
-from ..workloads import conv4
+from ..workloads import BATCHNORMS, conv4
 from . import recipes
 from .data import Characters, TaskSampler
 
@@ -70,6 +70,7 @@ class TrainConfig:
     probe_every: int = 25
     dtype: str = "float32"
     lam_lr: float = 0.01          # outer Adam's step on log lam (recipes that learn lam)
+    batchnorm: str = "native"     # conv4's BatchNorm: the Table 2 rows were trained with native
 
     def __post_init__(self):
         self.spec = recipes.get(self.recipe)
@@ -82,6 +83,9 @@ class TrainConfig:
         check_float("inner_lr", self.inner_lr, 0.0)
         check_float("outer_lr", self.outer_lr, 0.0)
         check_float("lam_lr", self.lam_lr, 0.0)
+        if self.batchnorm not in BATCHNORMS:
+            raise ValueError(f"batchnorm must be one of {sorted(BATCHNORMS)}, got "
+                             f"{self.batchnorm!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.budget_s > 0:
@@ -142,7 +146,7 @@ class Learner:
 
 def model_for(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
-    return conv4(cfg.n_way).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+    return conv4(cfg.n_way, batchnorm=cfg.batchnorm).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
 
 
 def sampler_for(cfg: TrainConfig, chars: Characters, *, seed: int, k_shot: int | None = None,
