@@ -117,3 +117,19 @@ def test_hvp_cost_rows():
     assert len(ratio) == len(BATCHNORMS) and all(r["ideal"] > 1 and r["over_ideal"] > 0 for r in ratio)
     unit = [r for r in rows if r["what"] == "gradient" and r["batchnorm"] == "native"][0]
     assert unit["in_native_gradients"] == 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_closed_form_batchnorm_on_cuda():
+    # On CUDA nn.BatchNorm2d may take cuDNN's kernels and the closed form the native ones:
+    # in float64 still rounding only, so the CPU's 1e-10 bound holds for both products.
+    native, theta = cnn_tasks(n_way=5, k_shot=1, dtype=F64, seed=3, device="cuda",
+                              batchnorm="native")
+    closed, _ = cnn_tasks(n_way=5, k_shot=1, dtype=F64, seed=3, device="cuda",
+                          batchnorm="closed-form")
+    v = torch.randn_like(theta)
+    for name, product_at in HVP_PRODUCTS.items():
+        gn, hn = product_at(native[0].train_loss, theta)
+        gc, hc = product_at(closed[0].train_loss, theta)
+        assert _rel(gc, gn) < 1e-10 and _rel(hc(v), hn(v)) < 1e-10, name
