@@ -32,14 +32,15 @@ from .measure import measure_memory, time_calls
 from .methods import meta_gradient, meta_gradient_batch
 from .results import PROVENANCE, ResultsStore, pin_commit, provenance, write_csv_atomic
 from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
-from .workloads import BATCHNORMS, cnn_tasks, synthetic_workload
+from .workloads import BATCHNORMS, cnn_tasks, resolve_batchnorm, synthetic_workload
 
 KEY = ["workload", "method", "solver", "inner_steps", "cg_steps", "truncate", "kappa", "lam",
        "lr", "dim", "n_train", "n_way", "k_shot", "meta_batch", "device", "dtype", "seed"]
 RESULTS = ["rel_error", "time_s", "time_iqr_s", "peak_bytes", "graph_bytes", "cuda_peak_bytes",
            "nvml_used_bytes", "nvml_process_bytes"]
 COUNTS = ["n_params", "grad_evals", "hvps", "cg_iterations", "cg_residual", "repeats"]
-COLUMNS = KEY + RESULTS + COUNTS + [c for c in PROVENANCE if c not in KEY] + ["status", "note"]
+COLUMNS = (KEY + RESULTS + COUNTS + ["batchnorm"] + [c for c in PROVENANCE if c not in KEY]
+           + ["status", "note"])
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _WORKLOADS: dict = {}
 
@@ -89,6 +90,8 @@ def _prepare(cfg: dict, threads: int, repeats: int):
     row = dict(cfg, n_params=theta.numel(), repeats=repeats,
                **provenance(device=cfg["device"], dtype=cfg["dtype"], threads=threads,
                             seed=cfg["seed"]))
+    if cfg["workload"] == "cnn":  # the CNN's BatchNorm: cnn_tasks' "auto" for this device
+        row["batchnorm"] = resolve_batchnorm("auto", cfg["device"])
     solver = make_solver(cfg["solver"], cfg["inner_steps"], cfg["lr"], cfg.get("kappa") or None)
     options = {"imaml": {"cg_steps": cfg["cg_steps"]},
                "truncated": {"truncate": cfg["truncate"]}}.get(cfg["method"], {})

@@ -69,15 +69,34 @@ class PrimitiveBatchNorm2d(nn.BatchNorm2d):
 BATCHNORMS = {"native": lambda c: nn.BatchNorm2d(c, track_running_stats=False),
               "primitive": PrimitiveBatchNorm2d, "closed-form": ClosedFormBatchNorm2d}
 
+FASTEST_BATCHNORM = {"cpu": "closed-form", "cuda": "native"}
+"""The BatchNorm ``batchnorm="auto"`` takes per device type, by iMAML's time per meta-gradient
+in ``python -m suite.sweeps hvp-cost`` (all the same function). CPU
+(``results/hvp_cost_cpu.csv``): the closed form's double backward makes the HVP the cheapest
+and its gradient runs the native kernels. CUDA (``results/gpu/hvp_cost_h200.csv``, an H200):
+its HVP is a little cheaper than native's but its gradient 1.46x (the native module takes
+cuDNN's kernels, and the two Python-level Functions cost launches), so native is faster."""
+
+
+def resolve_batchnorm(batchnorm: str, device) -> str:
+    """``batchnorm`` checked against ``BATCHNORMS``; "auto": ``FASTEST_BATCHNORM`` for
+    ``device``'s type (native where unmeasured)."""
+    if batchnorm == "auto":
+        return FASTEST_BATCHNORM.get(torch.device(device).type, "native")
+    if batchnorm not in BATCHNORMS:
+        raise ValueError(f"batchnorm must be 'auto' or one of {sorted(BATCHNORMS)}, got "
+                         f"{batchnorm!r}")
+    return batchnorm
+
 
 def conv4(n_way: int, channels: int = 64, in_channels: int = 1,
-          activation: type[nn.Module] = nn.ReLU, batchnorm: str = "closed-form") -> nn.Sequential:
+          activation: type[nn.Module] = nn.ReLU, batchnorm: str = "native") -> nn.Sequential:
     """The 4-layer CNN of MAML and iMAML for 28x28 inputs: 4 x [conv 3x3 stride 2 pad 1,
     BatchNorm (batch statistics, no running stats), ReLU], flatten, linear to ``n_way``.
     ``activation=nn.Tanh`` gives the smooth variant used where exactness is tested.
-    ``batchnorm``: "closed-form" (``ClosedFormBatchNorm2d``: native kernels, double backward
-    in closed form, the cheapest Hessian-vector product measured), "native"
-    (``nn.BatchNorm2d``) or "primitive" (``PrimitiveBatchNorm2d``); all the same function."""
+    ``batchnorm``: "native" (``nn.BatchNorm2d``), "closed-form" (``ClosedFormBatchNorm2d``:
+    native kernels, double backward in closed form, the cheapest Hessian-vector product
+    measured) or "primitive" (``PrimitiveBatchNorm2d``); all the same function."""
     if batchnorm not in BATCHNORMS:
         raise ValueError(f"batchnorm must be one of {sorted(BATCHNORMS)}, got {batchnorm!r}")
     layers, c = [], in_channels
@@ -98,16 +117,18 @@ def random_images(n_way: int, shots: int, generator: torch.Generator, *, dtype, 
 
 def cnn_tasks(*, n_way: int = 20, k_shot: int = 5, k_query: int | None = None,
               n_tasks: int = 1, seed: int = 0, dtype=torch.float32, device="cpu",
-              batchnorm: str = "closed-form"):
+              batchnorm: str = "auto"):
     """A meta-batch of N-way K-shot tasks on random images for the 4-layer CNN, and theta.
 
     Random pixels are valid for time and memory, whose cost does not depend on the values.
+    ``batchnorm="auto"``: the fastest for iMAML on ``device`` (``FASTEST_BATCHNORM``).
     """
     n_way, k_shot = check_int("n_way", n_way, 2), check_int("k_shot", k_shot, 1)
     k_query = check_int("k_query", k_query if k_query is not None else k_shot, 1)
     n_tasks = check_int("n_tasks", n_tasks, 1)
     torch.manual_seed(seed)
-    model = conv4(n_way, batchnorm=batchnorm).to(device=device, dtype=dtype)
+    model = conv4(n_way, batchnorm=resolve_batchnorm(batchnorm, device)).to(device=device,
+                                                                           dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     tasks = [ModuleTask(model, random_images(n_way, k_shot, g, dtype=dtype, device=device),
                         random_images(n_way, k_query, g, dtype=dtype, device=device))

@@ -9,7 +9,7 @@ from suite.linalg import FASTEST_HVP, HVP_PRODUCTS, hvp_at, hvp_product
 from suite.solvers import GD
 from suite.sweeps import cnn_products
 from suite.batchnorm import ClosedFormBatchNorm2d
-from suite.workloads import BATCHNORMS, cnn_tasks
+from suite.workloads import BATCHNORMS, FASTEST_BATCHNORM, cnn_tasks, resolve_batchnorm
 
 F64 = torch.float64
 
@@ -86,6 +86,17 @@ def test_closed_form_batchnorm_gradient_is_native_bit_for_bit_on_cpu():
     gn, = torch.autograd.grad(native.train_loss(phi), phi)
     gc, = torch.autograd.grad(closed[0].train_loss(phi), phi)
     assert torch.equal(gn, gc)
+
+
+def test_auto_batchnorm_is_the_fastest_measured_per_device():
+    assert resolve_batchnorm("auto", "cpu") == FASTEST_BATCHNORM["cpu"]
+    assert resolve_batchnorm("auto", "cuda:0") == FASTEST_BATCHNORM["cuda"]
+    assert resolve_batchnorm("primitive", "cuda") == "primitive"
+    tasks, _ = cnn_tasks(n_way=2, k_shot=1)
+    kinds = {type(m).__name__ for m in tasks[0].module.modules()}
+    assert type(BATCHNORMS[FASTEST_BATCHNORM["cpu"]](1)).__name__ in kinds
+    with pytest.raises(ValueError, match="batchnorm must be 'auto' or one of"):
+        cnn_tasks(n_way=2, k_shot=1, batchnorm="fused")
 
 
 def test_closed_form_batchnorm_refuses_bad_input():
