@@ -171,7 +171,8 @@ def plot_fig2b(frame: pd.DataFrame) -> Path:
         ax.grid(True, alpha=0.3)
     ax_t.legend(fontsize=8)
     ax_m.legend(fontsize=8)
-    info = config_text(frame, "n_way", "k_shot", "lam", "lr", "dtype", "device_name", "threads")
+    info = config_text(frame, *[k for k in ("n_way", "k_shot", "lam", "lr", "dtype", "batchnorm",
+                                            "device_name", "threads") if k in frame])
     fig.suptitle(f"Figure 2b: compute and memory, 4-layer CNN, one task of random 28x28 "
                  f"images\n({info})", fontsize=10)
     fig.tight_layout()
