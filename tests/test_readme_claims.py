@@ -129,17 +129,22 @@ CLAIMS = {
         r"\((\S+)x FOMAML's time per step\)",
         lambda: [f"{slope(fig2b(), 'maml', 'time_s') / slope(fig2b(), 'fomaml', 'time_s'):.1f}"]),
     "figure 2b, 12 GB": (
-        r"for one task at 16 steps is\s+(\S+) MB \(`results/gpu/cost_cnn_20w5s_h200.csv`; live "
-        r"tensor bytes (\S+) MB,\s+the same on the CPU\).*?by B ≈ (\S+) tasks",
+        r"for one task at 16 steps is\s+(\S+) MB \(`results/gpu/cost_cnn_20w5s_h200.csv`, with "
+        r"`nn.BatchNorm2d`, CUDA's default; live\s+tensor bytes (\S+) MB, the same on the CPU "
+        r"with that BatchNorm\).*?by B ≈ (\S+) tasks",
         lambda: [f"{gpu_maml16().cuda_peak_bytes / 1e6:.0f}", f"{gpu_maml16().peak_bytes / 1e6:.0f}",
                  f"{12e9 / gpu_maml16().cuda_peak_bytes:.0f}"]),
     "figure 2b, truncated with k = K": (
         r"timed together\s+with it, interleaved, it takes (\S+) to (\S+) of MAML's time",
         lambda: truncated_over_maml()),
     "curvature products": (
-        r"the reverse product costs (\S+) gradients, the\s+forward one (\S+), a Gauss-Newton "
-        r"product (\S+); iMAML at K = 16, C = 5 takes\s+(\S+) of its ideal.*?its Hessian "
-        r"product costs (\S+)\s+gradients of the native model, but its gradient costs (\S+),",
+        r"the reverse product costs (\S+)\s+gradients, the forward one (\S+), a Gauss-Newton "
+        r"product (\S+):.*?Its reverse product costs (\S+)\s+gradients of the native model, "
+        r"its gradient (\S+) .*?iMAML at K = 16, C = 5 takes (\S+) of its ideal and (\S+) "
+        r"of its time.*?iMAML's peak at 16 steps is (\S+) MiB against\s+(\S+) with.*?the closed "
+        r"form's gradient costs (\S+) native ones.*?its iMAML takes (\S+)x\s+the time.*?the "
+        r"reverse product costs (\S+) gradients there and\s+the forward one (\S+),.*?its "
+        r"product costs (\S+) gradients and its gradient (\S+)\.",
         lambda: hvp_costs()),
     "learned lambda": (
         r"\*\*Learned vector λ against the best scalar λ\*\*: (\S+) against (\S+)\s+\((.+?)\), "
@@ -157,11 +162,21 @@ def truncated_over_maml():
 
 def hvp_costs():
     h = read_results("hvp_cost_cpu.csv").set_index(["batchnorm", "what"])
-    cost = lambda bn, what: f"{h.loc[(bn, what), 'in_native_gradients']:.1f}"  # noqa: E731
-    return [cost("native", "reverse HVP"), cost("native", "forward HVP"),
-            cost("native", "Gauss-Newton product"),
-            f"{h.loc[('native', 'imaml / fomaml (K=16, C=5)'), 'over_ideal']:.2f}",
-            cost("primitive", "reverse HVP"), cost("primitive", "gradient")]
+    gpu = read_results("gpu/hvp_cost_h200.csv").set_index(["batchnorm", "what"])
+    cost = lambda f, bn, what, d=1: f"{f.loc[(bn, what), 'in_native_gradients']:.{d}f}"  # noqa
+    ratio = lambda f: f.loc[("closed-form", "imaml"), "seconds"] / f.loc[("native", "imaml"),
+                                                                         "seconds"]  # noqa
+    peak = lambda name: read_results(f"gpu/{name}").query(  # noqa: E731
+        "method == 'imaml' and inner_steps == 16").peak_bytes.iloc[0] / 2**20
+    return [cost(h, "native", "reverse HVP"), cost(h, "native", "forward HVP"),
+            cost(h, "native", "Gauss-Newton product"), cost(h, "closed-form", "reverse HVP"),
+            cost(h, "closed-form", "gradient"),
+            f"{h.loc[('closed-form', 'imaml / fomaml (K=16, C=5)'), 'over_ideal']:.2f}",
+            f"{ratio(h):.2f}", f"{peak('cost_cnn_20w5s_h200_closed_form.csv'):.1f}",
+            f"{peak('cost_cnn_20w5s_h200.csv'):.1f}", cost(gpu, "closed-form", "gradient", 2),
+            f"{ratio(gpu):.2f}", cost(gpu, "native", "reverse HVP"),
+            cost(gpu, "native", "forward HVP"), cost(h, "primitive", "reverse HVP"),
+            cost(h, "primitive", "gradient")]
 
 
 def learned_lam():
