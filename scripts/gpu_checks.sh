@@ -10,21 +10,7 @@
 # On a copy of the tree without its git history, set SUITE_GIT_COMMIT for the provenance column.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_checks.sh OUT_DIR}
-PY=${PY:-python3}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-failed=0
-stage() {
-    local limit=$1; shift
-    echo "== $* (limit ${limit}s)"
-    local t0=$SECONDS
-    timeout "$limit" "$@"
-    local rc=$?
-    echo "== rc=$rc after $((SECONDS - t0))s"
-    [ $rc -eq 0 ] || failed=1
-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+source "$(dirname "$0")/gpu_stages.sh"
 stage 90 $PY -m pytest -q -p no:cacheprovider tests/test_measure.py \
     tests/test_batched.py tests/test_peers.py tests/test_sweeps.py
 stage 60 $PY -m pytest -q -p no:cacheprovider --benchmark-only -k "meta_batch and cuda" \

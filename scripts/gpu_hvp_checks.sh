@@ -6,26 +6,12 @@
 #   iMAML against its ideal (which product and which BatchNorm are fastest on CUDA);
 # - Omniglot iMAML training on CUDA with the closed-form BatchNorm; torchrun with more ranks
 #   than GPUs refused with the suite's message (nccl needs one GPU per rank);
-# - the CNN cost sweep on CUDA at conv4's default BatchNorm.
+# - the CNN cost sweep on CUDA at cnn_tasks' BatchNorm for CUDA (batchnorm="auto").
 # Every stage runs under its own time limit; a failed stage is reported and the next one runs.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_hvp_checks.sh OUT_DIR [OMNIGLOT_ROOT]}
 data=${2:-../shared/data/omniglot}
-PY=${PY:-python3}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-failed=0
-stage() {
-    local limit=$1; shift
-    echo "== $* (limit ${limit}s)"
-    local t0=$SECONDS
-    timeout "$limit" "$@"
-    local rc=$?
-    echo "== rc=$rc after $((SECONDS - t0))s"
-    [ $rc -eq 0 ] || failed=1
-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" || exit 1
+source "$(dirname "$0")/gpu_stages.sh"
 stage 150 $PY -m pytest -q -p no:cacheprovider -x tests/test_hvp_products.py \
     tests/test_batched.py tests/test_measure.py
 stage 120 $PY -m suite.sweeps hvp-cost --device cuda --repeats 20 --out "$out/hvp_cost_cuda.csv"
