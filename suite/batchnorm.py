@@ -76,7 +76,10 @@ class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, _gmean, _ginvstd):
         x, weight, mean, invstd = ctx.saved_tensors
-        gx, gweight, gbias = _BatchNormBackward.apply(gy, x, weight, mean, invstd, ctx.eps)
+        if torch.is_grad_enabled():  # create_graph: record the backward for its derivative
+            gx, gweight, gbias = _BatchNormBackward.apply(gy, x, weight, mean, invstd, ctx.eps)
+        else:
+            gx, gweight, gbias = _BatchNormBackward.forward(gy, x, weight, mean, invstd, ctx.eps)
         return gx, gweight, gbias, None
 
     @staticmethod
