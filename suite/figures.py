@@ -41,7 +41,7 @@ SCALES = {
     "default": dict(
         fig2a=dict(kappa=1e3, steps=[10, 30, 100, 300, 1000, 3000, 10000],
                    cg=[2, 5, 20, 50], truncate=[10], panels=[(50, 4), (20, 40)]),
-        fig2b=dict(steps=[1, 2, 4, 8, 16], repeats=2),
+        fig2b=dict(steps=[1, 2, 4, 8, 16], repeats=4),
         table1=dict(kappas=[10.0, 100.0, 1000.0], deltas=[1e-2, 1e-3, 1e-4], dim=20,
                     cap=200_000),
         neumann=dict(kappa=100.0, dim=40, iterations=[1, 2, 5, 10, 20, 40, 100, 200, 500])),
