@@ -73,9 +73,9 @@ FASTEST_BATCHNORM = {"cpu": "closed-form", "cuda": "native"}
 """The BatchNorm ``batchnorm="auto"`` takes per device type, by iMAML's time per meta-gradient
 in ``python -m suite.sweeps hvp-cost`` (all the same function). CPU
 (``results/hvp_cost_cpu.csv``): the closed form's double backward makes the HVP the cheapest
-and its gradient runs the native kernels. CUDA (``results/gpu/hvp_cost_h200.csv``, an H200):
-its HVP is a little cheaper than native's but its gradient 1.46x (the native module takes
-cuDNN's kernels, and the two Python-level Functions cost launches), so native is faster."""
+and its gradient runs the native kernels. CUDA (``results/gpu/hvp_cost_h200_rerun.csv``, an
+H200): its HVP is a little cheaper than native's but its gradient costs 1.27 native ones (the
+native module takes cuDNN's kernels; the network is launch-bound), so native is faster."""
 
 
 def resolve_batchnorm(batchnorm: str, device) -> str:

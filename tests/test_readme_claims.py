@@ -143,9 +143,10 @@ CLAIMS = {
         r"(\S+) of its own.*?but reads (\S+) native ones.*?(\S+) of the native product's time; "
         r"iMAML at K = 16, C = 5 takes (\S+) of its\s+ideal and (\S+) of its time.*?read (\S+) "
         r"native gradients \((\S+) of its own\) against the\s+native product's (\S+):.*?"
-        r"iMAML's peak at 16 steps is (\S+) MiB against\s+(\S+) with.*?the closed "
-        r"form's gradient costs (\S+) native ones.*?its iMAML takes (\S+)x\s+the time.*?the "
-        r"reverse product costs (\S+) gradients there and\s+the forward one (\S+),.*?its "
+        r"iMAML's peak is (\S+) MiB \(`results/figure2b.csv`\) against\s+(\S+) with.*?the "
+        r"closed form's gradient costs (\S+) native ones.*?its iMAML takes (\S+)x the native "
+        r"model's time.*?the reverse product costs (\S+) gradients there and the\s+forward one "
+        r"(\S+),.*?its "
         r"product costs (\S+) gradients and its gradient (\S+)\.",
         lambda: hvp_costs()),
     "learned lambda": (
@@ -165,11 +166,11 @@ def truncated_over_maml():
 def hvp_costs():
     h = read_results("hvp_cost_cpu.csv").set_index(["batchnorm", "what"])
     rerun = read_results("hvp_cost_cpu_rerun.csv").set_index(["batchnorm", "what"])
-    gpu = read_results("gpu/hvp_cost_h200.csv").set_index(["batchnorm", "what"])
+    gpu = read_results("gpu/hvp_cost_h200_rerun.csv").set_index(["batchnorm", "what"])
     cost = lambda f, bn, what, d=1, unit="in_native_gradients": f"{f.loc[(bn, what), unit]:.{d}f}"  # noqa
     ratio = lambda f, what: f.loc[("closed-form", what), "seconds"] / f.loc[("native", what),
                                                                           "seconds"]  # noqa
-    peak = lambda name: read_results(f"gpu/{name}").query(  # noqa: E731
+    peak = lambda name: read_results(name).query(  # noqa: E731
         "method == 'imaml' and inner_steps == 16").peak_bytes.iloc[0] / 2**20
     return [cost(h, "native", "reverse HVP"), cost(h, "native", "forward HVP"),
             cost(h, "native", "Gauss-Newton product"), cost(h, "closed-form", "reverse HVP", 2),
@@ -179,8 +180,7 @@ def hvp_costs():
             f"{ratio(h, 'imaml'):.2f}", cost(rerun, "closed-form", "reverse HVP", 2),
             cost(rerun, "closed-form", "reverse HVP", 2, "in_own_gradients"),
             cost(rerun, "native", "reverse HVP", 2),
-            f"{peak('cost_cnn_20w5s_h200_closed_form.csv'):.1f}",
-            f"{peak('cost_cnn_20w5s_h200.csv'):.1f}", cost(gpu, "closed-form", "gradient", 2),
+            f"{peak('figure2b.csv'):.1f}", f"{peak('gpu/cost_cnn_20w5s_h200_final.csv'):.1f}", cost(gpu, "closed-form", "gradient", 2),
             f"{ratio(gpu, 'imaml'):.2f}", cost(gpu, "native", "reverse HVP"),
             cost(gpu, "native", "forward HVP"), cost(h, "primitive", "reverse HVP"),
             cost(h, "primitive", "gradient")]
