@@ -89,6 +89,13 @@ def resolve_batchnorm(batchnorm: str, device) -> str:
     return batchnorm
 
 
+def _check_named_batchnorm(batchnorm: str) -> str:
+    if batchnorm == "auto":
+        raise ValueError("batchnorm='auto' needs a device: pass the name that "
+                         "resolve_batchnorm(batchnorm, device) gives")
+    return resolve_batchnorm(batchnorm, "cpu")
+
+
 def conv4(n_way: int, channels: int = 64, in_channels: int = 1,
           activation: type[nn.Module] = nn.ReLU, batchnorm: str = "native") -> nn.Sequential:
     """The 4-layer CNN of MAML and iMAML for 28x28 inputs: 4 x [conv 3x3 stride 2 pad 1,
@@ -97,8 +104,7 @@ def conv4(n_way: int, channels: int = 64, in_channels: int = 1,
     ``batchnorm``: "native" (``nn.BatchNorm2d``), "closed-form" (``ClosedFormBatchNorm2d``:
     native kernels, double backward in closed form, the cheapest Hessian-vector product
     measured) or "primitive" (``PrimitiveBatchNorm2d``); all the same function."""
-    if batchnorm not in BATCHNORMS:
-        raise ValueError(f"batchnorm must be one of {sorted(BATCHNORMS)}, got {batchnorm!r}")
+    batchnorm = _check_named_batchnorm(batchnorm)
     layers, c = [], in_channels
     for _ in range(4):
         layers += [nn.Conv2d(c, channels, 3, stride=2, padding=1),

@@ -9,7 +9,8 @@ from suite.linalg import FASTEST_HVP, HVP_PRODUCTS, hvp_at, hvp_product
 from suite.solvers import GD
 from suite.sweeps import cnn_products
 from suite.batchnorm import ClosedFormBatchNorm2d
-from suite.workloads import BATCHNORMS, FASTEST_BATCHNORM, cnn_tasks, resolve_batchnorm
+from suite.workloads import (BATCHNORMS, FASTEST_BATCHNORM, cnn_tasks, conv4,
+                             resolve_batchnorm)
 
 F64 = torch.float64
 
@@ -97,6 +98,8 @@ def test_auto_batchnorm_is_the_fastest_measured_per_device():
     assert type(BATCHNORMS[FASTEST_BATCHNORM["cpu"]](1)).__name__ in kinds
     with pytest.raises(ValueError, match="batchnorm must be 'auto' or one of"):
         cnn_tasks(n_way=2, k_shot=1, batchnorm="fused")
+    with pytest.raises(ValueError, match="batchnorm='auto' needs a device"):
+        conv4(2, batchnorm="auto")
 
 
 def test_closed_form_batchnorm_refuses_bad_input():
