@@ -310,7 +310,7 @@ def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int 
                      "over_ideal": measured / ideal})
     prov = provenance(device=device, dtype="float32", threads=t[("native", "gradient")].threads,
                       seed=0)
-    return [r | {"n_way": n_way, "k_shot": k_shot} | prov for r in rows]
+    return [r | {"n_way": n_way, "k_shot": k_shot, "lam": lam} | prov for r in rows]
 
 
 def _common_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -344,7 +344,7 @@ def check_arguments(parser, args) -> None:
     cli_range(parser, "--kappas", getattr(args, "kappas", None), 1.0, synthetic.KAPPA_MAX)
     cli_range(parser, "--kappa", getattr(args, "kappa", None), 1.0, synthetic.KAPPA_MAX)
     cli_range(parser, "--lr", getattr(args, "lr", None), 0.0, low_open=True)
-    lam_positive = "imaml" in getattr(args, "methods", [])
+    lam_positive = "imaml" in getattr(args, "methods", ["imaml"])  # hvp-cost times iMAML
     cli_range(parser, "--lam", getattr(args, "lam", None), 0.0, low_open=lam_positive)
     if getattr(args, "out", None) is not None:
         cli_out_folder(parser, "--out", args.out)
@@ -382,6 +382,9 @@ def main(argv=None) -> int:
     h.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     h.add_argument("--repeats", type=int, default=5, help="timed repeats")
     h.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
+    h.add_argument("--lam", type=float, default=10.0,
+                   help="lam of iMAML's system (the cost does not depend on it; on small tasks a "
+                   "small lam meets negative curvature and CG breaks down)")
     h.add_argument("--out", type=Path, default=None,
                    help="also write the rows to this CSV (e.g. results/hvp_cost_cpu.csv)")
     args = parser.parse_args(argv)
@@ -401,7 +404,7 @@ def main(argv=None) -> int:
         import pandas as pd
         rows = pd.DataFrame(cnn_products(n_way=args.n_way, k_shot=args.k_shot,
                                          device=args.device, repeats=args.repeats,
-                                         threads=args.threads))
+                                         threads=args.threads, lam=args.lam))
         print(f"{args.n_way}-way {args.k_shot}-shot CNN, {rows.device_name.iloc[0]}, "
               f"{rows.threads.iloc[0]} threads; costs in gradients of the native model's "
               "training loss (and of the row's own model):")
