@@ -273,7 +273,8 @@ def hvp_cost(task, theta, *, repeats: int = 5, threads: int | None = None) -> di
 
 
 def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int | None,
-                 steps: int = 16, cg_steps: int = 5, lam: float = 10.0) -> list[dict]:
+                 steps: int = 16, cg_steps: int = 5, lam: float = 10.0,
+                 lr: float = 0.1) -> list[dict]:
     """Every curvature product on the 4-layer CNN with each BatchNorm of ``BATCHNORMS``, in
     gradients of the native model's training loss, and iMAML's time per meta-gradient
     against first-order MAML's and its ideal (K + 2 + c C) / (K + 1), c the product's cost:
@@ -293,7 +294,7 @@ def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int 
         for method in ("fomaml", "imaml"):
             options = {"cg_steps": cg_steps, "hvp": "reverse"} if method == "imaml" else {}
             fns[(bn, method)] = (lambda m=method, o=options, task=task, theta=theta: meta_gradient(
-                m, task, theta, lam=lam, solver=GD(steps, 0.1), **o))
+                m, task, theta, lam=lam, solver=GD(steps, lr), **o))
     t = time_calls(fns, repeats=repeats, threads=threads, warmup=2)
     unit = t[("native", "gradient")].median_s
     rows = []
@@ -310,7 +311,7 @@ def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int 
                      "over_ideal": measured / ideal})
     prov = provenance(device=device, dtype="float32", threads=t[("native", "gradient")].threads,
                       seed=0)
-    return [r | {"n_way": n_way, "k_shot": k_shot, "lam": lam} | prov for r in rows]
+    return [r | {"n_way": n_way, "k_shot": k_shot, "lam": lam, "lr": lr} | prov for r in rows]
 
 
 def _common_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -385,6 +386,9 @@ def main(argv=None) -> int:
     h.add_argument("--lam", type=float, default=10.0,
                    help="lam of iMAML's system (the cost does not depend on it; on small tasks a "
                    "small lam meets negative curvature and CG breaks down)")
+    h.add_argument("--lr", type=float, default=0.1,
+                   help="inner GD step of the timed meta-gradients (below 2 / (lam + largest "
+                   "curvature of L): a larger lam needs a smaller step)")
     h.add_argument("--out", type=Path, default=None,
                    help="also write the rows to this CSV (e.g. results/hvp_cost_cpu.csv)")
     args = parser.parse_args(argv)
@@ -404,7 +408,7 @@ def main(argv=None) -> int:
         import pandas as pd
         rows = pd.DataFrame(cnn_products(n_way=args.n_way, k_shot=args.k_shot,
                                          device=args.device, repeats=args.repeats,
-                                         threads=args.threads, lam=args.lam))
+                                         threads=args.threads, lam=args.lam, lr=args.lr))
         print(f"{args.n_way}-way {args.k_shot}-shot CNN, {rows.device_name.iloc[0]}, "
               f"{rows.threads.iloc[0]} threads; costs in gradients of the native model's "
               "training loss (and of the row's own model):")

@@ -98,7 +98,7 @@ def test_auto_batchnorm_is_the_fastest_measured_per_device():
     assert type(BATCHNORMS[FASTEST_BATCHNORM["cpu"]](1)).__name__ in kinds
     with pytest.raises(ValueError, match="batchnorm must be 'auto' or one of"):
         cnn_tasks(n_way=2, k_shot=1, batchnorm="fused")
-    with pytest.raises(ValueError, match="batchnorm='auto' needs a device"):
+    with pytest.raises(ValueError, match="batchnorm='auto' is cnn_tasks' choice"):
         conv4(2, batchnorm="auto")
 
 

@@ -33,7 +33,7 @@ from ..methods import Stats, meta_gradient, meta_gradient_batch
 from ..results import provenance, write_csv_atomic
 from ..solvers import InnerProblem, run_solver
 from ..tasks import ModuleTask
-from ..workloads import conv4, resolve_batchnorm
+from ..workloads import check_batchnorm, conv4
 from . import recipes
 from .data import Characters, TaskSampler
 
@@ -70,7 +70,7 @@ class TrainConfig:
     probe_every: int = 25
     dtype: str = "float32"
     lam_lr: float = 0.01          # outer Adam's step on log lam (recipes that learn lam)
-    batchnorm: str = "native"     # conv4's, or "auto" (per device); Table 2 was trained native
+    batchnorm: str = "native"     # conv4's BatchNorm (native: as Table 2 was trained)
 
     def __post_init__(self):
         self.spec = recipes.get(self.recipe)
@@ -83,7 +83,7 @@ class TrainConfig:
         check_float("inner_lr", self.inner_lr, 0.0)
         check_float("outer_lr", self.outer_lr, 0.0)
         check_float("lam_lr", self.lam_lr, 0.0)
-        resolve_batchnorm(self.batchnorm, self.device)
+        check_batchnorm(self.batchnorm)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.budget_s > 0:
@@ -144,8 +144,8 @@ class Learner:
 
 def model_for(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
-    batchnorm = resolve_batchnorm(cfg.batchnorm, cfg.device)
-    return conv4(cfg.n_way, batchnorm=batchnorm).to(device=cfg.device, dtype=DTYPES[cfg.dtype])
+    return conv4(cfg.n_way, batchnorm=cfg.batchnorm).to(device=cfg.device,
+                                                         dtype=DTYPES[cfg.dtype])
 
 
 def sampler_for(cfg: TrainConfig, chars: Characters, *, seed: int, k_shot: int | None = None,
