@@ -126,10 +126,7 @@ class _BatchNormBackward(torch.autograd.Function):
         # in place (torch.func.vmap has no batching rule for addcmul_).
         m, _, rstd, xhat = _statistics(x, mean, invstd, ctx.eps)
         weight, ggamma, gbeta = map(_per_channel, (weight, ggamma, gbeta))
-        b = torch.zeros_like(ggamma) if b is None else _per_channel(b)
-        c = torch.zeros_like(gbeta) if c is None else _per_channel(c)
-        if a is None:
-            a = torch.zeros_like(x)
+        b, c = _per_channel(b), _per_channel(c)  # autograd materialises unused ones as zeros
         sum_a, a_xhat, a_gy = _sum(a), _sum(a * xhat), _sum(a * gy)
         s = weight * rstd
         a_pgy = a_gy - (sum_a * gbeta + a_xhat * ggamma) / m  # <a, P(gy)>
