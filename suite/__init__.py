@@ -1,14 +1,25 @@
-"""Meta-gradient methods (MAML, FOMAML, truncated backprop, implicit MAML) behind one
-inner-solver interface, with the instruments to measure their accuracy and cost."""
+"""Meta-gradient methods (MAML, FOMAML, truncated backprop, implicit MAML, Reptile) behind one
+inner-solver interface, with the instruments to measure their accuracy and cost.
+
+``METHODS`` and ``SOLVERS`` are the registries every dispatcher reads; a method from outside
+is added with ``register_method`` or by an installed entry point in ``imaml_suite.methods``.
+"""
 from . import solvers
 from .curvature import CURVATURES, Curvature
 from .linalg import (BREAKDOWN_POLICIES, LINEAR_SOLVERS, CGBreakdown, CGResult,
                      conjugate_gradient, hvp_at, solve_implicit)
-from .methods import (EXACT_MAX_DIM, METHODS, MetaGradient, Stats, meta_gradient,
-                      meta_gradient_batch)
+from .methods import EXACT_MAX_DIM, MetaGradient, Stats, meta_gradient, meta_gradient_batch
+from .registry import (EXACT_FOR, METHODS, SOLVERS, Method, Option, SolverSpec, get_method,
+                       get_solver, load_plugins, register_method, unregister_method)
 from .tasks import LinearRegressionTask, ModuleTask, Task
+from .adapt import adapt
 
-__all__ = ["solvers", "meta_gradient", "meta_gradient_batch", "MetaGradient", "Stats",
-           "METHODS", "EXACT_MAX_DIM", "Task", "ModuleTask", "LinearRegressionTask",
+PLUGINS = load_plugins()
+"""Names of the methods registered from installed entry points at import."""
+
+__all__ = ["solvers", "meta_gradient", "meta_gradient_batch", "adapt", "MetaGradient", "Stats",
+           "METHODS", "SOLVERS", "Method", "Option", "SolverSpec", "EXACT_FOR",
+           "register_method", "unregister_method", "get_method", "get_solver", "PLUGINS",
+           "EXACT_MAX_DIM", "Task", "ModuleTask", "LinearRegressionTask",
            "conjugate_gradient", "CGResult", "CGBreakdown", "hvp_at", "solve_implicit",
            "Curvature", "CURVATURES", "BREAKDOWN_POLICIES", "LINEAR_SOLVERS"]

@@ -7,9 +7,10 @@ the per-task computation over that axis, so each layer runs once on all tasks' d
 loop of ``suite.meta_gradient`` up to float rounding; the returned gradient is the mean.
 
 Inner loop: ``steps`` of GD at ``lr`` on G = L_train + lam/2 |phi - theta|^2 from theta.
-iMAML's CG runs ``cg_steps`` iterations on all tasks together (``solve_implicit`` with one
-row per task), its Hessian products forward-over-reverse; ``curvature``, ``on_breakdown`` and
-``linear_solver`` are those of ``suite.meta_gradient("imaml", ...)``.
+Each registered method with a batched form (``suite.Method.batched``: here ``maml``,
+``fomaml`` and ``imaml``) is one function ``form(bt, theta, *, lam, steps, lr, chunk_size,
+stats, **options)`` returning the mean direction; iMAML's CG runs on all tasks together
+(``solve_implicit`` with one row per task), its Hessian products forward-over-reverse.
 """
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
 from .curvature import Curvature, gauss_newton_at
-from .linalg import check_implicit_options, solve_implicit
+from .linalg import solve_implicit
 from .methods import MetaGradient, Stats
-from .checks import check_finite, check_float, check_int, check_lam
+from .checks import check_finite, check_int, check_lam
 from .tasks import ModuleTask
-
-METHODS = ("maml", "fomaml", "imaml")
 
 
 class BatchedTasks:
@@ -66,40 +65,73 @@ def _inner_gd(bt: BatchedTasks, theta, xs, ys, *, lam, steps, lr):
     return phi
 
 
-def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *, lam,
-                          steps: int, lr: float, cg_steps: int = 5,
-                          chunk_size: int | None = None, curvature="hessian",
-                          on_breakdown: str = "raise", linear_solver: str = "cg") -> MetaGradient:
-    """The mean meta-gradient over the meta-batch (see the module docstring), with the work
-    counted as ``meta_gradient_batch`` counts it (per task, summed) in ``stats``.
+def batched_meta_gradient(method, bt: BatchedTasks, theta: torch.Tensor, *, lam,
+                          steps: int, lr: float, chunk_size: int | None = None,
+                          **options) -> MetaGradient:
+    """The mean meta-gradient over the meta-batch (see the module docstring) by a registered
+    method with a batched form (``Method.batched``), with the work counted as
+    ``meta_gradient_batch`` counts it (per task, summed) in ``stats``. Options are the
+    method's own, checked against its declared ranges.
 
     ``chunk_size`` tasks at a time (``torch.func.vmap``'s own option; default: all at once)
     trades time for memory: MAML holds the graphs of one chunk, not of the whole meta-batch.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    steps, lr = check_int("steps", steps), check_float("lr", lr, 0.0)
-    lam = check_lam(lam, theta, positive=method == "imaml")
+    from .registry import METHODS, get_method
+    from .solvers import GD
+    spec = get_method(method)
+    if spec.batched is None:
+        raise ValueError(f"method {spec.name!r} has no batched form; methods with one: "
+                         f"{sorted(m for m, s in METHODS.items() if s.batched)}")
+    solver = GD(steps, lr)   # the batched inner loop, checked as the per-task one is
+    lam = check_lam(lam, theta, positive=spec.needs_positive_lam)
+    options = spec.check_options(options, solver)
     if chunk_size is not None:
         chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     start = time.perf_counter()
     n_tasks = bt.xs.shape[0]
     stats = Stats(inner_steps=steps * n_tasks, grad_evals=steps * n_tasks)
-    theta = theta.detach()
-    inner = lambda th, xs, ys: _inner_gd(bt, th, xs, ys, lam=lam, steps=steps, lr=lr)  # noqa
-    if method == "maml":
-        def one(th, xs, ys, xq, yq):
-            return grad(lambda t: bt.task_loss(inner(t, xs, ys), xq, yq))(th)
-        g = vmap(one, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk_size)(
-            theta, bt.xs, bt.ys, bt.xq, bt.yq).mean(0)
-        stats.hvps = steps * n_tasks
-        return _finish(g, stats, start)
-    phi = vmap(inner, in_dims=(None, 0, 0), chunk_size=chunk_size)(theta, bt.xs, bt.ys).detach()
-    v = vmap(grad(bt.task_loss), chunk_size=chunk_size)(phi, bt.xq, bt.yq)
-    if method == "fomaml":
-        return _finish(v.mean(0), stats, start)
-    cg_steps = check_int("cg_steps", cg_steps, minimum=1)
-    check_implicit_options(on_breakdown, linear_solver)
+    g = spec.batched(bt, theta.detach(), lam=lam, steps=solver.steps, lr=solver.lr,
+                     chunk_size=chunk_size, stats=stats, **options)
+    stats.wall_time_s = time.perf_counter() - start
+    check_finite("the batched meta-gradient (a non-finite result is never returned)", g)
+    return MetaGradient(g.detach(), stats)
+
+
+def _inner_fn(bt, lam, steps, lr):
+    return lambda th, xs, ys: _inner_gd(bt, th, xs, ys, lam=lam, steps=steps, lr=lr)
+
+
+def maml(bt, theta, *, lam, steps, lr, chunk_size, stats):
+    """Backprop through the K steps, per task (the batched form of ``"maml"``)."""
+    inner = _inner_fn(bt, lam, steps, lr)
+
+    def one(th, xs, ys, xq, yq):
+        return grad(lambda t: bt.task_loss(inner(t, xs, ys), xq, yq))(th)
+    stats.hvps = steps * bt.xs.shape[0]
+    return vmap(one, in_dims=(None, 0, 0, 0, 0), chunk_size=chunk_size)(
+        theta, bt.xs, bt.ys, bt.xq, bt.yq).mean(0)
+
+
+def _adapted(bt, theta, lam, steps, lr, chunk_size):
+    """(phi per task, grad L_test at each phi)."""
+    phi = vmap(_inner_fn(bt, lam, steps, lr), in_dims=(None, 0, 0),
+               chunk_size=chunk_size)(theta, bt.xs, bt.ys).detach()
+    return phi, vmap(grad(bt.task_loss), chunk_size=chunk_size)(phi, bt.xq, bt.yq)
+
+
+def fomaml(bt, theta, *, lam, steps, lr, chunk_size, stats):
+    """grad L_test at each task's phi (the batched form of ``"fomaml"``)."""
+    return _adapted(bt, theta, lam, steps, lr, chunk_size)[1].mean(0)
+
+
+def imaml(bt, theta, *, lam, steps, lr, chunk_size, stats, cg_steps=5, cg_tol=None,
+          curvature="hessian", on_breakdown="raise", linear_solver="cg", neumann_step=None,
+          hvp="auto"):
+    """The batched form of ``"imaml"``: one solve with a row per task. Its products are
+    always forward-over-reverse (vmap cannot keep a reverse graph per task), so ``hvp`` has
+    no effect here; the result is the same product."""
+    phi, v = _adapted(bt, theta, lam, steps, lr, chunk_size)
+    n_tasks = bt.xs.shape[0]
     curvature = Curvature.parse(curvature)
 
     def product(p, u, xs, ys):
@@ -116,8 +148,9 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
         return vmap(product, chunk_size=chunk_size)(phi, U, bt.xs, bt.ys)
 
     matvec, scale = curvature.system(batch_product, lam)
-    solve = solve_implicit(matvec, v, scale=scale, max_iter=cg_steps,
-                           on_breakdown=on_breakdown, linear_solver=linear_solver)
+    solve = solve_implicit(matvec, v, scale=scale, max_iter=cg_steps, tol=cg_tol,
+                           on_breakdown=on_breakdown, linear_solver=linear_solver,
+                           step=neumann_step)
     stats.grad_evals += n_tasks           # the gradient whose graph gives the products
     stats.hvps, stats.cg_iterations = products * n_tasks, solve.iterations * n_tasks
     stats.cg_residual, stats.cg_converged = solve.residual, solve.converged
@@ -125,10 +158,4 @@ def batched_meta_gradient(method: str, bt: BatchedTasks, theta: torch.Tensor, *,
     stats.cg_breakdowns = int(solve.row_breakdown.sum())
     stats.cg_breakdown_iteration = solve.breakdown_iteration
     stats.cg_min_curvature = solve.min_curvature
-    return _finish(solve.x.mean(0), stats, start)
-
-
-def _finish(g: torch.Tensor, stats: Stats, start: float) -> MetaGradient:
-    stats.wall_time_s = time.perf_counter() - start
-    check_finite("the batched meta-gradient (a non-finite result is never returned)", g)
-    return MetaGradient(g.detach(), stats)
+    return solve.x.mean(0)

@@ -20,8 +20,11 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .curvature import Curvature, gauss_newton_at
-from .linalg import check_implicit_options, hvp_product, solve_implicit
-from .checks import check_finite, check_int, check_lam, check_scalar
+from .linalg import hvp_product, solve_implicit
+from .checks import check_finite, check_lam, check_scalar
+from .curvature import CURVATURES
+from .linalg import BREAKDOWN_POLICIES, HVP_PRODUCTS, LINEAR_SOLVERS
+from .registry import METHODS, Method, Option, get_method, register_method
 from .solvers import InnerProblem, backtracking_step, run_solver
 from .tasks import num_parameters
 
@@ -114,13 +117,6 @@ def _inner(problem: InnerProblem, solver, stats: Stats, unroll: int = 0):
     return result.phi
 
 
-def _require_differentiable(solver, method: str) -> None:
-    if not getattr(solver, "differentiable", False):
-        raise ValueError(f"method {method!r} backpropagates through the solver's steps, but "
-                         f"{solver!r} is not differentiable; use GD or NesterovAGD, or the "
-                         "'imaml' / 'fomaml' methods")
-
-
 def _unrolled(task, theta, lam, solver, unroll: int, lam_grad: bool) -> MetaGradient:
     stats = Stats()
     theta_leaf = theta.detach().requires_grad_(True)
@@ -142,7 +138,6 @@ def _unrolled(task, theta, lam, solver, unroll: int, lam_grad: bool) -> MetaGrad
 
 def maml(task, theta, *, lam, solver, lam_grad=False):
     """Backpropagation through every step of the (differentiable) solver."""
-    _require_differentiable(solver, "maml")
     return _unrolled(task, theta, lam, solver, solver.steps, lam_grad)
 
 
@@ -153,24 +148,31 @@ def truncated(task, theta, *, lam, solver, truncate, lam_grad=False):
     theta then reaches the result only through the proximal term lam (phi - theta) of the
     kept steps: with lam = 0 and truncate < steps the meta-gradient is exactly zero.
     """
-    _require_differentiable(solver, "truncated")
-    truncate = check_int("truncate", truncate, minimum=1)
-    if truncate > solver.steps:
-        raise ValueError(f"truncate must be in [1, steps={solver.steps}], got {truncate}")
     return _unrolled(task, theta, lam, solver, truncate, lam_grad)
 
 
 def fomaml(task, theta, *, lam, solver, lam_grad=False):
     """First-order MAML: dphi/dtheta taken as I, so the meta-gradient is grad L_test(phi)."""
-    if lam_grad:
-        raise ValueError("lam_grad: 'fomaml' has no gradient in lam (it takes dphi/dtheta = I "
-                         "and drops dphi/dlam); use 'imaml', 'maml', 'truncated' or 'exact'")
+    stats, phi = _adapted(task, theta, lam, solver)
+    return MetaGradient(_test_grad(task, phi), stats, phi)
+
+
+def reptile(task, theta, *, lam, solver, lam_grad=False):
+    """Reptile's direction (Nichol et al. 2018): theta - phi after the inner loop, handed to
+    the outer step as a gradient would be (theta <- theta - eps (theta - phi)). Not a
+    gradient of the test loss: the test loss is not used."""
+    stats, phi = _adapted(task, theta, lam, solver)
+    return MetaGradient(theta.detach() - phi, stats, phi)
+
+
+def _adapted(task, theta, lam, solver):
+    """(stats, phi): the inner solver run without a graph, its work counted."""
     stats = Stats()
     problem = InnerProblem(task, theta.detach(), lam)
     phi = _inner(problem, solver, stats).detach()
     stats.grad_evals, stats.hvps, stats.loss_evals = (
         problem.grad_evals, problem.hvps, problem.loss_evals)
-    return MetaGradient(_test_grad(task, phi), stats, phi)
+    return stats, phi
 
 
 def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="raise",
@@ -195,8 +197,6 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
     kept gradient graph, "forward" over reverse; "auto": the faster one measured for the
     device, ``FASTEST_HVP``); "gauss-newton" has its own product and ignores it.
     """
-    cg_steps = check_int("cg_steps", cg_steps, minimum=1)
-    check_implicit_options(on_breakdown, linear_solver)
     product_at = hvp_product(hvp, theta.device)
     curvature = Curvature.parse(curvature)
     if lam_grad and curvature.name == "official":
@@ -263,7 +263,7 @@ def exact(task, theta, *, lam, solver=None, max_newton=100, lam_grad=False):
         return H + prox
 
     phi = theta.detach().clone()
-    for k in range(check_int("max_newton", max_newton, minimum=1)):
+    for k in range(max_newton):
         g = problem.grad(phi)
         A = hessian_of_G(phi)
         L, info = torch.linalg.cholesky_ex(A)
@@ -288,15 +288,51 @@ def exact(task, theta, *, lam, solver=None, max_newton=100, lam_grad=False):
                         if lam_grad else None)
 
 
-METHODS = {"maml": maml, "fomaml": fomaml, "truncated": truncated, "imaml": imaml,
-           "exact": exact}
+from . import batched  # noqa: E402  (its forms use MetaGradient and Stats, defined above)
 
 
-def _validate(method, task, theta, lam, solver) -> float:
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a string, one of {sorted(METHODS)}, got {method!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+def _check_curvature(value):
+    Curvature.parse(value)
+
+
+_IMAML_OPTIONS = (
+    Option("cg_steps", "int", 5, "iterations of the linear solver at most", low=1,
+           axis="cg_steps"),
+    Option("cg_tol", "float", None, "stop below this relative residual", low=0.0,
+           low_open=True, none_ok=True),
+    Option("on_breakdown", "choice", "raise", "what a CG breakdown (p^T A p <= 0) does",
+           choices=tuple(BREAKDOWN_POLICIES)),
+    Option("curvature", "any", "hessian", f"the matrix standing for H: one of {CURVATURES} "
+           "or a suite.Curvature", check=_check_curvature),
+    Option("linear_solver", "choice", "cg", "the linear solver", choices=tuple(LINEAR_SOLVERS)),
+    Option("neumann_step", "float", None, "the Neumann series' step, in (0, 2 / largest "
+           "eigenvalue of H + lam)", low=0.0, low_open=True, none_ok=True),
+    Option("hvp", "choice", "auto", "the exact Hessian product",
+           choices=("auto",) + tuple(HVP_PRODUCTS)),
+)
+
+for _method in (
+    Method(name="maml", fn=maml, doc=maml.__doc__, needs_differentiable_solver=True,
+           exact_for="unroll", lam_grad=True, batched=batched.maml),
+    Method(name="truncated", fn=truncated, doc=truncated.__doc__, lam_grad=True,
+           needs_differentiable_solver=True, exact_for="truncated",
+           options=(Option("truncate", "int", None, "the last steps backpropagated through",
+                           low=1, axis="truncate", at_most_steps=True),)),
+    Method(name="fomaml", fn=fomaml, doc=fomaml.__doc__, exact_for="first-order",
+           batched=batched.fomaml),
+    Method(name="imaml", fn=imaml, doc=imaml.__doc__, needs_positive_lam=True, lam_grad=True,
+           batched=batched.imaml,
+           exact_for="implicit", options=_IMAML_OPTIONS, converged_options={"cg_steps": 64}),
+    Method(name="exact", fn=exact, doc=exact.__doc__, needs_positive_lam=True, lam_grad=True,
+           exact_for="implicit", needs_dense=True, needs_solver=False,
+           options=(Option("max_newton", "int", 100, "Newton steps at most", low=1),)),
+    Method(name="reptile", fn=reptile, doc=reptile.__doc__, exact_for="reptile"),
+):
+    register_method(_method)
+
+
+def _validate(spec: Method, task, theta, lam, solver, options: dict):
+    """(lam, options) checked once, from the method's declared needs and option ranges."""
     for attr in ("train_loss", "test_loss"):
         if not callable(getattr(task, attr, None)):
             raise TypeError(f"task must have a callable {attr}(phi); got {type(task).__name__}")
@@ -316,45 +352,67 @@ def _validate(method, task, theta, lam, solver) -> float:
         raise ValueError(f"theta is on {theta.device} but the task is on {device}; pass "
                          f"theta.to('{device}')")
     # Lemma 1 needs lam > 0; the unrolled methods also take lam = 0 (plain MAML).
-    lam = check_lam(lam, theta, positive=method in ("imaml", "exact"))
-    if method != "exact" and not callable(getattr(solver, "solve", None)):
-        raise TypeError(f"solver must be an inner solver from suite.solvers (with .solve), "
-                        f"got {solver!r}")
-    return lam
+    lam = check_lam(lam, theta, positive=spec.needs_positive_lam)
+    if spec.needs_solver:
+        if not callable(getattr(solver, "solve", None)):
+            raise TypeError(f"solver must be an inner solver from suite.solvers (with .solve), "
+                            f"got {solver!r}")
+        spec.check_solver(solver)
+    missing = [o for o in spec.options if o.default is None and not o.none_ok
+               and o.name not in options]
+    if missing:
+        raise TypeError(f"method {spec.name!r} needs option {missing[0].describe()}")
+    return lam, spec.check_options(options, solver)
 
 
-def meta_gradient(method: str, task, theta: torch.Tensor, *, lam: float, solver=None,
+def meta_gradient(method, task, theta: torch.Tensor, *, lam: float, solver=None,
                   **options) -> MetaGradient:
-    """The meta-gradient of ``task`` at ``theta`` by ``method`` (see ``METHODS``).
+    """The meta-gradient of ``task`` at ``theta`` by ``method`` (a name of ``METHODS``, or a
+    ``suite.Method``), with that method's options (``METHODS[name].options``, each checked
+    against its declared range before any work).
 
     ``lam``: a number, or a 1-D tensor of theta's shape (a per-parameter prox). The result's
     ``lam_grad`` (a float for a number, a tensor for a vector) is computed when
-    ``lam_grad=True`` or ``lam`` is a tensor that requires grad. Options per method:
-    ``truncate`` ("truncated"); ``cg_steps``, ``cg_tol``, ``on_breakdown``, ``curvature``,
-    ``linear_solver``, ``neumann_step`` and ``hvp`` ("imaml"); ``max_newton`` ("exact").
-    ``stats.wall_time_s`` covers the whole computation.
+    ``lam_grad=True`` or ``lam`` is a tensor that requires grad. ``stats.wall_time_s`` covers
+    the whole computation.
     """
+    spec = get_method(method)
     wants = bool(options.pop("lam_grad", False)) or (torch.is_tensor(lam) and lam.requires_grad)
-    lam = _validate(method, task, theta, lam, solver)
+    if wants and not spec.lam_grad:
+        raise ValueError(f"lam_grad: method {spec.name!r} has no gradient in lam ("
+                         f"{'it is exact for ' + spec.exact_for}); use one of "
+                         f"{sorted(m for m, s in METHODS.items() if s.lam_grad)}")
+    lam, options = _validate(spec, task, theta, lam, solver, options)
     start = time.perf_counter()
-    result = METHODS[method](task, theta, lam=lam, solver=solver, lam_grad=wants, **options)
+    if wants:   # a method that gives no gradient in lam need not take the keyword
+        options["lam_grad"] = True
+    result = spec.fn(task, theta, lam=lam, solver=solver, **options)
+    if not isinstance(result, MetaGradient):
+        raise TypeError(f"method {spec.name!r} returned {type(result).__name__}, not a "
+                        "suite.MetaGradient")
     result.stats.wall_time_s = time.perf_counter() - start
-    check_finite(f"the {method!r} meta-gradient (a non-finite result is never returned)",
+    check_finite(f"the {spec.name!r} meta-gradient (a non-finite result is never returned)",
                  result.grad)
     result.grad = result.grad.detach()
     if wants:
-        check_finite(f"the {method!r} gradient in lam",
+        check_finite(f"the {spec.name!r} gradient in lam",
                      torch.as_tensor(result.lam_grad, dtype=theta.dtype))
     return result
 
 
-def meta_gradient_batch(method: str, tasks, theta: torch.Tensor, *, lam: float, solver=None,
+def meta_gradient_batch(method, tasks, theta: torch.Tensor, *, lam: float, solver=None,
                         **options) -> MetaGradient:
-    """The average meta-gradient over a meta-batch; counts and wall time are summed."""
+    """The average meta-gradient over a meta-batch; counts and wall time are summed.
+    ``solver`` is one solver for every task, or a sequence of one per task (see
+    ``suite.solvers.for_tasks``)."""
     tasks = list(tasks)
     if not tasks:
         raise ValueError("tasks must be a non-empty sequence of tasks")
-    results = [meta_gradient(method, t, theta, lam=lam, solver=solver, **options) for t in tasks]
+    solvers = list(solver) if isinstance(solver, (list, tuple)) else [solver] * len(tasks)
+    if len(solvers) != len(tasks):
+        raise ValueError(f"solver: {len(solvers)} solvers for {len(tasks)} tasks")
+    results = [meta_gradient(method, t, theta, lam=lam, solver=s, **options)
+               for t, s in zip(tasks, solvers)]
     grad = torch.stack([r.grad for r in results]).mean(0)
     lam_grads = [r.lam_grad for r in results]
     lam_grad = (None if lam_grads[0] is None else sum(lam_grads) / len(lam_grads))

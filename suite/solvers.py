@@ -8,6 +8,7 @@ Iterative differentiable solvers only define ``init(phi0) -> state``,
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 
 from .checks import check_float, check_int, check_scalar
 from .linalg import conjugate_gradient, hvp_at
+from .registry import SOLVERS, Option, SolverSpec, register_solver
 
 
 class InnerProblem:
@@ -316,9 +318,23 @@ class Adam:
         return [order[i * self.batch_size:(i + 1) * self.batch_size].tolist()
                 for i in range(self.steps)]
 
+    def for_tasks(self, sizes: list[int]) -> list["Adam"]:
+        """One solver per task, each with its mini-batches drawn now, in task order, from
+        ``rng``: every process of a data-parallel run draws them all and keeps its share, so
+        the shared stream stays in step."""
+        out = []
+        for n in sizes:
+            fixed = copy.copy(self)
+            fixed.fixed_batches = self.batches(n)
+            out.append(fixed)
+        return out
+
+    fixed_batches = None
+
     def solve(self, problem: InnerProblem, unroll: int = 0, batches=None) -> InnerResult:
-        """``batches``: the mini-batches' row indices, drawn by ``batches(n)`` (default: drawn
-        now from ``rng``)."""
+        """``batches``: the mini-batches' row indices, drawn by ``batches(n)`` (default: those
+        fixed by ``for_tasks``, else drawn now from ``rng``)."""
+        batches = self.fixed_batches if batches is None else batches
         if unroll:
             raise ValueError("Adam is not differentiable here: it cannot be unrolled "
                              "(use it with 'fomaml' or Reptile)")
@@ -376,5 +392,43 @@ class ScipyLBFGS:
         return f"ScipyLBFGS(max_iter={self.max_iter}, tol={self.tol:g})"
 
 
-__all__ = ["InnerProblem", "InnerResult", "InnerDivergence", "run_solver", "GD", "PullBackGD",
+def for_tasks(solver, tasks) -> list:
+    """One solver per task: the solver itself for every task, or, for a solver that draws
+    per task (``for_tasks``, Adam's mini-batches), one with its draws fixed in task order."""
+    if callable(getattr(solver, "for_tasks", None)):
+        return solver.for_tasks([getattr(t, "train_size", None) for t in tasks])
+    return [solver] * len(tasks)
+
+
+def _agd(steps, lr, momentum=0.9, kappa=None):
+    if kappa is not None:
+        return NesterovAGD.for_condition(steps, 1.0 / lr, kappa)
+    return NesterovAGD(steps, lr, momentum)
+
+
+for _spec in (
+    SolverSpec("gd", GD, True, doc=GD.__doc__),
+    SolverSpec("nesterov-agd", _agd, True, doc=NesterovAGD.__doc__, options=(
+        Option("momentum", "float", 0.9, "m", low=0.0, high=1.0),
+        Option("kappa", "float", None, "condition number: sets m = (sqrt(kappa) - 1) / "
+               "(sqrt(kappa) + 1) (and lr = 1/L)", low=1.0, none_ok=True))),
+    SolverSpec("pullback-gd", PullBackGD, True, doc=PullBackGD.__doc__),
+    SolverSpec("newton-cg", NewtonCG, False, takes_lr=False, doc=NewtonCG.__doc__, options=(
+        Option("cg_steps", "int", 5, "CG iterations per Newton step", low=1),
+        Option("tol", "float", 0.0, "stop when |grad G| <= tol", low=0.0))),
+    SolverSpec("adam", Adam, False, doc=Adam.__doc__, options=(
+        Option("beta1", "float", 0.0, low=0.0, high=1.0),
+        Option("beta2", "float", 0.999, low=0.0, high=1.0),
+        Option("batch_size", "int", None, "mini-batch rows (None: all)", low=1, none_ok=True),
+        Option("rng", "any", None, "a numpy Generator drawing the mini-batches",
+               none_ok=True))),
+    SolverSpec("lbfgs", lambda steps, tol=1e-10: ScipyLBFGS(max_iter=steps, tol=tol), False,
+               takes_lr=False, doc=ScipyLBFGS.__doc__, options=(
+                   Option("tol", "float", 1e-10, "scipy's gtol", low=0.0),)),
+):
+    register_solver(_spec)
+
+
+__all__ = ["SOLVERS", "for_tasks", "InnerProblem", "InnerResult", "InnerDivergence", "run_solver",
+           "GD", "PullBackGD",
            "NesterovAGD", "NewtonCG", "Adam", "ScipyLBFGS", "backtracking_step"]
