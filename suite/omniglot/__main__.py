@@ -162,7 +162,7 @@ def rows_for(store: ResultsStore, args, names, what: str, required: bool = True)
         if not required:
             return frame
         raise SystemExit(f"{what}: {store.path} holds no rows; run without --report-only first")
-    specs = {n: recipes.RECIPES[n].spec() for n in names}
+    specs = {n: recipes.get(n).spec() for n in names}
     frame = frame[(frame.setting == tag) & (frame.iterations_asked == args.iterations)
                   & frame.recipe.isin(names)
                   & (frame.recipe_spec == frame.recipe.map(specs))]
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     sub.add_parser("recipes", help="list the training recipes")
     p = sub.add_parser("train", help="train one recipe, then evaluate it")
     add_training_args(p)
-    p.add_argument("--recipe", choices=sorted(recipes.RECIPES), required=True,
+    p.add_argument("--recipe", choices=recipes.names(), required=True,
                    help="what to train (see the recipes command)")
     p.add_argument("--retrain", action="store_true", help="train even if runs.csv has the row")
     for name, names, helptext in (
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
              "train every iMAML variant, write reports/imaml_variants.md")):
         p = sub.add_parser(name, help=helptext)
         add_training_args(p)
-        p.add_argument("--recipes", nargs="+", choices=sorted(recipes.RECIPES), default=names,
+        p.add_argument("--recipes", nargs="+", choices=recipes.names(), default=names,
                        help="which recipes (default: %(default)s)")
         p.add_argument("--retrain", action="store_true", help="train rows runs.csv already has")
         p.add_argument("--report-only", action="store_true",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ..curvature import Curvature
-from ..solvers import GD, Adam, NewtonCG, PullBackGD
+from ..registry import METHODS, SOLVERS
 
 PAPER = {  # Table 2 of the paper (accuracy %, 5w1s / 5w5s / 20w1s / 20w5s)
     "maml": ("MAML", [98.7, 99.9, 95.8, 98.9]),
@@ -28,13 +28,31 @@ EVALUATIONS = ("as-trained", "plain-gd")
 REPTILE = {"inner_iters": 5, "inner_lr": 1e-3, "inner_batch": 10, "train_shots": 10,
            "eval_iters": 50, "meta_step": 1.0}
 
+# How the training configuration sets up each registered inner solver: (training, held-out
+# adaptation) keyword arguments of ``SOLVERS[name].make``. A solver missing here is refused
+# by name when a recipe names it.
+SOLVER_SETUP = {
+    "gd": lambda cfg, rng: dict(steps=cfg.inner_steps, lr=cfg.inner_lr),
+    "pullback-gd": lambda cfg, rng: dict(steps=cfg.inner_steps, lr=cfg.inner_lr),
+    "nesterov-agd": lambda cfg, rng: dict(steps=cfg.inner_steps, lr=cfg.inner_lr),
+    "newton-cg": lambda cfg, rng: dict(steps=cfg.hf_steps, cg_steps=cfg.cg_steps),
+    "lbfgs": lambda cfg, rng: dict(steps=cfg.inner_steps),
+    # Reptile's: mini-batches in training, the whole support set for eval_iters at evaluation
+    "adam": lambda cfg, rng: dict(steps=REPTILE["inner_iters"], lr=REPTILE["inner_lr"],
+                                  beta1=0.0, batch_size=REPTILE["inner_batch"], rng=rng),
+}
+EVAL_SOLVER_SETUP = {
+    "adam": lambda cfg: dict(steps=REPTILE["eval_iters"], lr=REPTILE["inner_lr"], beta1=0.0),
+}
+OUTER_STEPS = ("adam", "annealed-sgd")   # see suite.omniglot.train.OUTER
+
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     label: str
-    method: str | None                 # suite.METHODS name, "reptile", or None (untrained)
-    solver: str = "gd"                 # "gd", "pullback-gd", "newton-cg", "adam"
+    method: str | None                 # a name of suite.METHODS, or None (untrained)
+    solver: str = "gd"                 # a name of suite.SOLVERS (and of SOLVER_SETUP)
     lam: float = 0.0
     curvature: Curvature = field(default_factory=Curvature)
     linear_solver: str = "cg"
@@ -43,10 +61,27 @@ class Recipe:
     paper: str | None = None           # key of PAPER
     note: str = ""
     learn_lam: bool = False            # lam per layer (parameter tensor), meta-learned from lam
+    outer: str = "adam"                # the outer step: one of OUTER_STEPS
+    train_shots: int | None = None     # shots per class in training (None: the setting's)
 
     def __post_init__(self):
-        if self.learn_lam and self.method != "imaml":
-            raise ValueError(f"recipe {self.name}: learn_lam needs the 'imaml' method")
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"recipe {self.name}: method must be one of {sorted(METHODS)} "
+                             f"(or None: untrained), got {self.method!r}")
+        if self.solver not in SOLVERS or self.solver not in SOLVER_SETUP:
+            raise ValueError(f"recipe {self.name}: solver must be one of "
+                             f"{sorted(set(SOLVERS) & set(SOLVER_SETUP))}, got {self.solver!r}")
+        if self.outer not in OUTER_STEPS:
+            raise ValueError(f"recipe {self.name}: outer must be one of {list(OUTER_STEPS)}, "
+                             f"got {self.outer!r}")
+        if self.method is not None:
+            spec = METHODS[self.method]
+            if not spec.accepts(SOLVERS[self.solver]):
+                raise ValueError(f"recipe {self.name}: method {self.method!r} needs a "
+                                 f"differentiable solver; {self.solver!r} is not")
+            if self.learn_lam and not spec.lam_grad:
+                raise ValueError(f"recipe {self.name}: learn_lam needs a method with a "
+                                 f"gradient in lam; {self.method!r} has none")
 
     def spec(self) -> str:
         """What defines the run (not the name, label or note): a changed entry is a new run."""
@@ -57,27 +92,29 @@ class Recipe:
 
     @property
     def implicit(self) -> bool:
-        return self.method == "imaml"
+        return self.method is not None and METHODS[self.method].exact_for == "implicit"
 
     def meta_options(self, cfg) -> dict:
-        """Options of ``suite.meta_gradient`` for this recipe's method."""
-        if self.method == "imaml":
-            return {"cg_steps": cfg.cg_steps, "curvature": self.curvature,
-                    "on_breakdown": self.on_breakdown, "linear_solver": self.linear_solver}
-        if self.method == "truncated":
-            return {"truncate": min(cfg.truncate, cfg.inner_steps)}
-        return {}
+        """Options of ``suite.meta_gradient`` for this recipe's method, from its declared
+        options: the recipe's own (curvature, breakdown policy, linear solver), else the
+        training configuration's field of that name (cg_steps, truncate: capped at the inner
+        steps where the option is), else the method's default."""
+        own = {"curvature": self.curvature, "on_breakdown": self.on_breakdown,
+               "linear_solver": self.linear_solver}
+        options = {}
+        for option in METHODS[self.method].options:
+            if option.name in own:
+                options[option.name] = own[option.name]
+            elif hasattr(cfg, option.name):
+                value = getattr(cfg, option.name)
+                options[option.name] = min(value, cfg.inner_steps) if option.at_most_steps \
+                    else value
+        return options
 
     def train_solver(self, cfg, rng: np.random.Generator):
         """The inner solver of training (``rng`` draws Adam's mini-batches)."""
-        if self.solver == "adam":
-            return Adam(REPTILE["inner_iters"], REPTILE["inner_lr"], beta1=0.0,
-                        batch_size=REPTILE["inner_batch"], rng=rng)
-        if self.solver == "newton-cg":
-            return NewtonCG(cfg.hf_steps, cg_steps=cfg.cg_steps)
-        if self.solver == "pullback-gd":
-            return PullBackGD(cfg.inner_steps, cfg.inner_lr)
-        return GD(cfg.inner_steps, cfg.inner_lr)
+        args = SOLVER_SETUP[self.solver](cfg, rng)
+        return SOLVERS[self.solver].make(args.pop("steps"), args.pop("lr", None), **args)
 
     def eval_solver(self, cfg, adaptation: str, lam=None):
         """(solver, lam) that adapts to a held-out task: ``"as-trained"`` is the recipe's own
@@ -86,9 +123,10 @@ class Recipe:
         loss alone (lam = 0), the same for every recipe."""
         lam = self.lam if lam is None else lam
         if adaptation == "plain-gd" or self.method is None:
-            return GD(cfg.inner_steps, cfg.inner_lr), 0.0
-        if self.solver == "adam":
-            return Adam(REPTILE["eval_iters"], REPTILE["inner_lr"], beta1=0.0), lam
+            return SOLVERS["gd"].make(cfg.inner_steps, cfg.inner_lr), 0.0
+        if self.solver in EVAL_SOLVER_SETUP:
+            args = EVAL_SOLVER_SETUP[self.solver](cfg)
+            return SOLVERS[self.solver].make(args.pop("steps"), args.pop("lr", None), **args), lam
         return self.train_solver(cfg, np.random.default_rng(0)), lam
 
 
@@ -132,6 +170,7 @@ TABLE2 = [
     Recipe("truncated", "truncated backprop (last 5 steps)", "truncated", lam=2.0,
            note="GD on G with lam 2: with lam = 0 a truncated backward pass never reaches theta"),
     Recipe("reptile", "Reptile", "reptile", solver="adam", paper="reptile",
+           outer="annealed-sgd", train_shots=REPTILE["train_shots"],
            note="as published: inner Adam (beta1 0, lr 1e-3), 5 iterations on mini-batches of "
                 "10 from 10 shots per class; outer theta += eps (mean phi - theta), eps 1 -> 0 "
                 "linearly; evaluation by 50 Adam iterations. Adam's moments start afresh for "
@@ -149,17 +188,36 @@ TABLE2_RECIPES = [r.name for r in TABLE2]
 VARIANT_RECIPES = [DEFAULT_IMAML] + [r.name for r in VARIANTS]
 
 
+def for_method(name: str) -> Recipe:
+    """The recipe of a registered method that has none of its own (a plugin's, say): the
+    method with plain inner GD, lam 0.5 where it needs lam > 0 (the default iMAML recipe's),
+    else 0, evaluated as trained."""
+    spec = METHODS[name]
+    return Recipe(name, f"{name} (registered method)", name,
+                  lam=0.5 if spec.needs_positive_lam else 0.0,
+                  note=f"the registered method {name!r} with inner GD")
+
+
+def names() -> list[str]:
+    """Every recipe name: the recipes, then each registered method that has no recipe (but
+    not those that form the dense Hessian: the CNN is too large for them)."""
+    return list(RECIPES) + [m for m, spec in METHODS.items()
+                            if m not in RECIPES and not spec.needs_dense]
+
+
 def get(name: str) -> Recipe:
-    if name not in RECIPES:
-        raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {name!r} "
-                         "(python -m suite.omniglot recipes lists them)")
-    return RECIPES[name]
+    if name in RECIPES:
+        return RECIPES[name]
+    if name in names():
+        return for_method(name)
+    raise ValueError(f"recipe must be one of {names()}, got {name!r} "
+                     "(python -m suite.omniglot recipes lists them)")
 
 
 def describe() -> str:
     """One line per recipe, for ``python -m suite.omniglot recipes``."""
     lines = []
-    for r in RECIPES.values():
+    for r in map(get, names()):
         parts = [r.method or "-", f"solver {r.solver}", f"lam {r.lam:g}"]
         if r.implicit:
             parts += [f"curvature {r.curvature.label()}", f"solve {r.linear_solver}",

@@ -1,9 +1,10 @@
 """Meta-training on Omniglot for every recipe (``recipes.RECIPES``), with checkpoints, resume,
 diagnostics per outer iteration, a held-out learning curve, and evaluation.
 
-Outer loop: Adam on theta (the 4-layer CNN's flat parameters) with the mean meta-gradient of
-a meta-batch of N-way K-shot tasks; Reptile instead steps theta += eps (mean phi - theta) with
-eps annealed linearly to 0 over ``max_iterations`` (no Adam), as published. A recipe with
+Outer loop: the recipe's outer step (``OUTER``) on theta (the 4-layer CNN's flat parameters)
+with the mean direction of its method over a meta-batch of N-way K-shot tasks: Adam for the
+meta-gradients; Reptile's direction theta - phi with SGD at eps annealed linearly to 0 over
+``max_iterations`` (theta += eps (mean phi - theta)), as published. A recipe with
 ``learn_lam`` also learns one lam per parameter tensor (``LayerLam``): Adam on log lam at
 ``lam_lr`` with d/dlam from the same implicit solve; ``lam.csv`` holds the learned values.
 
@@ -31,7 +32,7 @@ from ..checks import check_float, check_int
 from ..distributed import World
 from ..methods import Stats, meta_gradient, meta_gradient_batch
 from ..results import provenance, write_csv_atomic
-from ..solvers import InnerProblem, run_solver
+from ..solvers import InnerProblem, for_tasks, run_solver
 from ..tasks import ModuleTask
 from ..workloads import check_batchnorm, conv4
 from . import recipes
@@ -88,16 +89,16 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not self.budget_s > 0:
             raise ValueError(f"budget_s must be > 0, got {self.budget_s!r}")
-        if self.spec.method == "reptile" and self.k_shot > recipes.REPTILE["train_shots"]:
-            raise ValueError(f"k_shot must be <= {recipes.REPTILE['train_shots']} for Reptile "
-                             f"(it trains on that many shots), got {self.k_shot}")
+        if self.spec.train_shots is not None and self.k_shot > self.spec.train_shots:
+            raise ValueError(f"k_shot must be <= {self.spec.train_shots} for recipe "
+                             f"{self.recipe} (it trains on that many shots), got {self.k_shot}")
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def train_shots(self) -> int:
-        return recipes.REPTILE["train_shots"] if self.spec.method == "reptile" else self.k_shot
+        return self.spec.train_shots or self.k_shot
 
 
 class LayerLam:
@@ -168,14 +169,10 @@ def outer_direction(cfg: TrainConfig, solver, tasks, theta, world: World = World
     lam = spec.lam if lam is None else lam
     learned = torch.is_tensor(lam)
     mine = world.share(len(tasks))
-    if spec.method == "reptile":
-        # Every rank draws every task's mini-batches, so the shared stream stays in step.
-        batches = [solver.batches(t.train_size) for t in tasks]
-        phis = [run_solver(solver, InnerProblem(tasks[i], theta.detach(), spec.lam),
-                           batches=batches[i]).phi for i in mine]
-        return world.mean(theta.detach() - torch.stack(phis).mean(0)), {}
+    # Every rank fixes every task's draws (Adam's mini-batches), so the stream stays in step.
+    solvers = for_tasks(solver, tasks)
     result = meta_gradient_batch(spec.method, [tasks[i] for i in mine], theta.detach(),
-                                 lam=lam, solver=solver, lam_grad=learned,
+                                 lam=lam, solver=[solvers[i] for i in mine], lam_grad=learned,
                                  **spec.meta_options(cfg))
     direction = world.mean(result.grad)
     if not spec.implicit:
@@ -200,10 +197,7 @@ def probe_cosine(cfg: TrainConfig, solver, task, theta, lam=None) -> float:
     return float(torch.dot(own, exact) / (own.norm() * exact.norm()))
 
 
-def make_optimizer(cfg: TrainConfig, theta, layer_lam: LayerLam | None = None
-                   ) -> torch.optim.Optimizer:
-    if cfg.spec.method == "reptile":
-        return torch.optim.SGD([theta], lr=recipes.REPTILE["meta_step"])
+def _adam(cfg: TrainConfig, theta, layer_lam: LayerLam | None):
     groups = [{"params": [theta]}]
     if layer_lam is not None:
         groups.append({"params": [layer_lam.log_lam], "lr": cfg.lam_lr})
@@ -213,6 +207,21 @@ def make_optimizer(cfg: TrainConfig, theta, layer_lam: LayerLam | None = None
 def reptile_step_size(cfg: TrainConfig, iteration: int) -> float:
     """eps at outer iteration ``iteration`` (0-based): 1 -> 0 linearly over max_iterations."""
     return recipes.REPTILE["meta_step"] * (1.0 - iteration / max(cfg.max_iterations, 1))
+
+
+# The outer steps (``Recipe.outer``): (optimizer factory, step size at an iteration or None
+# to keep the optimizer's). "annealed-sgd" is Reptile's as published: theta += eps (phi -
+# theta), that is SGD on the direction theta - phi, eps 1 -> 0 linearly.
+OUTER = {
+    "adam": (_adam, None),
+    "annealed-sgd": (lambda cfg, theta, layer_lam: torch.optim.SGD(
+        [theta], lr=recipes.REPTILE["meta_step"]), reptile_step_size),
+}
+
+
+def make_optimizer(cfg: TrainConfig, theta, layer_lam: LayerLam | None = None
+                   ) -> torch.optim.Optimizer:
+    return OUTER[cfg.spec.outer][0](cfg, theta, layer_lam)
 
 
 def _checkpoint_path(out: Path) -> Path:
@@ -300,9 +309,10 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
             raise FloatingPointError(f"{cfg.recipe}: the outer direction at iteration "
                                      f"{learner.iteration + 1} is not finite")
         lam_grad = info.pop("lam_grad", None)
-        if cfg.spec.method == "reptile":
+        schedule = OUTER[cfg.spec.outer][1]
+        if schedule is not None:
             for group in learner.optimizer.param_groups:
-                group["lr"] = reptile_step_size(cfg, learner.iteration)
+                group["lr"] = schedule(cfg, learner.iteration)
         learner.optimizer.zero_grad()
         theta.grad = direction
         if layer_lam is not None:
