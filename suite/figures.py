@@ -29,13 +29,26 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from suite import claims, table1  # noqa: E402
+from suite import METHODS, claims, table1  # noqa: E402
 from suite.checks import HelpFormatter, check_device  # noqa: E402
 from suite.results import ResultsStore, pin_commit  # noqa: E402
-from suite.sweeps import cost_points, error_points, hvp_cost, run_sweep  # noqa: E402
+from suite.sweeps import (PAPER_METHODS, cost_points, error_points, hvp_cost,  # noqa: E402
+                          run_sweep)
 from suite.workloads import synthetic_workload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+_OUT = {"root": ROOT}   # where results/ and reports/ go (--out)
+
+
+def _dir(kind: str) -> Path:
+    path = _OUT["root"] / kind
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _show(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 SCALES = {
     "default": dict(
@@ -54,13 +67,47 @@ SCALES = {
                     deltas=[1e-2, 1e-4, 1e-6, 1e-8], dim=20, cap=2_000_000),
         neumann=dict(kappa=1000.0, dim=100, iterations=[1, 2, 5, 10, 20, 50, 100, 200, 500,
                                                        1000, 2000, 5000])),
+    # seconds: to try the pipeline (a plugin method, a new machine), not to read numbers
+    "smoke": dict(
+        fig2a=dict(kappa=10.0, steps=[10, 30], cg=[5], truncate=[5], panels=[(8, 16)]),
+        fig2b=dict(steps=[1, 2], repeats=1),
+        table1=dict(kappas=[10.0, 100.0], deltas=[1e-2, 1e-3], dim=8, cap=20_000),
+        neumann=dict(kappa=10.0, dim=8, iterations=[1, 2, 5])),
 }
 LAM = 1.0
 OUTPUTS = {"fig2a": "figure2a", "fig2b": "figure2b", "table1": "table1",
            "neumann": "linear_solvers"}
 STYLE = {"maml": ("MAML (GD + backprop)", "C3", "o"), "fomaml": ("FOMAML", "C7", "s"),
-         "truncated": ("truncated backprop", "C1", "v"), "imaml": ("iMAML", "C0", "D")}
+         "truncated": ("truncated backprop", "C1", "v"), "imaml": ("iMAML", "C0", "D"),
+         "reptile": ("Reptile (θ - φ)", "C6", "P")}
 LINESTYLE = {"fomaml": "--", "truncated": ":"}
+_MARKERS = "XP*^<>hp"
+
+
+AXIS_TEXT = {"cg_steps": "{} CG steps", "truncate": "last {} steps"}
+
+
+def axis_of(method: str) -> str | None:
+    """The sweep axis the method has an option on (cg_steps, truncate), if any."""
+    spec = METHODS.get(method)
+    return next((o.axis for o in spec.options if o.axis), None) if spec else None
+
+
+def axis_text(method: str, values: dict, before: str, after: str = "") -> str:
+    axis = axis_of(method)
+    if axis is None or values.get(axis) is None or values[axis] != values[axis]:
+        return ""
+    return before + AXIS_TEXT[axis].format(int(values[axis])) + after
+
+
+def style(method: str) -> tuple[str, str, str]:
+    """(label, colour, marker): the paper's methods as in STYLE, any other registered method
+    (a plugin's) by its name, in a colour and marker of its own."""
+    if method in STYLE:
+        return STYLE[method]
+    others = sorted(m for m in METHODS if m not in STYLE)
+    i = others.index(method) if method in others else len(others)
+    return method, ("C8", "C4", "C9", "C2")[i % 4], _MARKERS[i % len(_MARKERS)]
 
 
 def finish(partial: Path, final: Path) -> None:
@@ -69,8 +116,8 @@ def finish(partial: Path, final: Path) -> None:
 
 
 def sweep_to(name: str, points, *, quiet: bool, **kw) -> pd.DataFrame:
-    partial = ROOT / "results" / f".{name}.partial.csv"
-    final = ROOT / "results" / f"{name}.csv"
+    partial = _dir("results") / f".{name}.partial.csv"
+    final = _dir("results") / f"{name}.csv"
     store = run_sweep(points, partial, progress=not quiet, desc=name, **kw)
     frame = store.read()
     if (frame["status"] == "error").any():
@@ -95,10 +142,10 @@ def config_text(frame: pd.DataFrame, *keys) -> str:
 
 
 # --------------------------------------------------------------------------- Figure 2a
-def run_fig2a(cfg, device, quiet) -> pd.DataFrame:
+def run_fig2a(cfg, device, quiet, methods=PAPER_METHODS) -> pd.DataFrame:
     points = []
     for dim, n_train in cfg["panels"]:
-        points += error_points(methods=["maml", "fomaml", "truncated", "imaml"],
+        points += error_points(methods=list(methods),
                                steps_list=cfg["steps"], cg_list=cfg["cg"], kappas=[cfg["kappa"]],
                                truncate_list=cfg["truncate"], lam=LAM, dim=dim, n_train=n_train,
                                device=device)
@@ -116,12 +163,10 @@ def plot_fig2a(frame: pd.DataFrame) -> Path:
         sub = frame[(frame.dim == dim) & (frame.n_train == n_train) & (frame.status == "ok")]
         for (method, cg, trunc), g in sub.groupby(["method", "cg_steps", "truncate"],
                                                   dropna=False):
-            label, color, marker = STYLE[method]
-            if method == "imaml":
-                label = f"iMAML, {int(cg)} CG steps"
+            label, color, marker = style(method)
+            label += axis_text(method, {"cg_steps": cg, "truncate": trunc}, ", ")
+            if axis_of(method) == "cg_steps":   # one colour per CG budget
                 color = {2: "C9", 5: "C0", 20: "C2", 100: "C4"}.get(int(cg), "C5")
-            if method == "truncated":
-                label = f"truncated backprop, last {int(trunc)} steps"
             g = g.sort_values("inner_steps")
             ax.loglog(g.inner_steps, g.rel_error.clip(lower=1e-17), marker=marker, color=color,
                       label=label, ms=4, lw=1.4, ls=LINESTYLE.get(method, "-"))
@@ -138,8 +183,8 @@ def plot_fig2a(frame: pd.DataFrame) -> Path:
 
 
 # --------------------------------------------------------------------------- Figure 2b
-def run_fig2b(cfg, device, quiet) -> pd.DataFrame:
-    points = cost_points(workload="cnn", methods=["maml", "fomaml", "truncated", "imaml"],
+def run_fig2b(cfg, device, quiet, methods=PAPER_METHODS) -> pd.DataFrame:
+    points = cost_points(workload="cnn", methods=list(methods),
                          steps_list=cfg["steps"], cg_list=[5], truncate_list=[5], device=device)
     # Every method at one step count is timed together: their ratios come from one run.
     return sweep_to("figure2b", points, quiet=quiet, repeats=cfg["repeats"],
@@ -150,11 +195,9 @@ def plot_fig2b(frame: pd.DataFrame) -> Path:
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 4.6))
     ok = frame[frame.status == "ok"]
     for method, g in ok.groupby("method"):
-        label, color, marker = STYLE[method]
-        if method == "imaml":
-            label = f"iMAML ({int(g.cg_steps.iloc[0])} CG steps)"
-        if method == "truncated":
-            label = f"truncated backprop (last {int(g['truncate'].max())} steps)"
+        label, color, marker = style(method)
+        label += axis_text(method, {"cg_steps": g.cg_steps.iloc[0],
+                                    "truncate": g["truncate"].max()}, " (", ")")
         g = g.sort_values("inner_steps")
         ls = LINESTYLE.get(method, "-")
         ax_t.errorbar(g.inner_steps, g.time_s, yerr=g.time_iqr_s / 2, marker=marker, color=color,
@@ -181,7 +224,7 @@ def plot_fig2b(frame: pd.DataFrame) -> Path:
 
 # --------------------------------------------------------------------------- Table 1
 def run_table1(cfg, device, quiet, threads) -> pd.DataFrame:
-    partial = ROOT / "results" / ".table1.partial.csv"
+    partial = _dir("results") / ".table1.partial.csv"
     store = ResultsStore(partial, ["row", "kappa", "delta"], ["compute_grads", "error"])
     cells = [(row, kappa, delta) for kappa in cfg["kappas"] for row in table1.ROWS
              for delta in cfg["deltas"]]
@@ -204,8 +247,8 @@ def run_table1(cfg, device, quiet, threads) -> pd.DataFrame:
                                     "extra": cell.get("truncate") or cell.get("cg_steps") or 1}
                 bar.update()
     bar.close()
-    finish(partial, ROOT / "results" / "table1.csv")
-    return pd.read_csv(ROOT / "results" / "table1.csv")
+    finish(partial, _dir("results") / "table1.csv")
+    return pd.read_csv(_dir("results") / "table1.csv")
 
 
 # --------------------------------------------------------------------------- CG vs Neumann
@@ -241,7 +284,7 @@ def run_neumann(cfg, device) -> pd.DataFrame:
                          **provenance(device=device, dtype="float64",
                                       threads=torch.get_num_threads(), seed=0)})
     frame = pd.DataFrame(rows)
-    write_csv_atomic(frame, ROOT / "results" / "linear_solvers.csv")
+    write_csv_atomic(frame, _dir("results") / "linear_solvers.csv")
     return frame
 
 
@@ -281,7 +324,7 @@ def plot_neumann(frame: pd.DataFrame) -> Path:
 
 
 def save(fig, name: str) -> Path:
-    out = ROOT / "reports" / f"{name}.png"
+    out = _dir("reports") / f"{name}.png"
     out.parent.mkdir(exist_ok=True)
     fig.savefig(out, dpi=130)
     fig.savefig(out.with_suffix(".pdf"))
@@ -294,6 +337,9 @@ def main(argv=None) -> int:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--full", action="store_true",
                         help="the paper's scale: kappa up to 1e4, more steps (hours on a CPU)")
+    parser.add_argument("--scale", choices=list(SCALES), default="default",
+                        help="default (minutes), full (--full), or smoke (seconds: a trial of "
+                        "the pipeline, its numbers not meant to be read)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--from-results", action="store_true",
                         help="re-plot from results/*.csv without computing")
@@ -301,43 +347,51 @@ def main(argv=None) -> int:
                         help="which outputs to make")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--methods", nargs="+", default=list(PAPER_METHODS),
+                        choices=[m for m, s in METHODS.items() if not s.needs_dense],
+                        help="registered methods in Figures 2a and 2b (plugins included)")
+    parser.add_argument("--out", type=Path, default=ROOT,
+                        help="folder whose results/ and reports/ receive the outputs")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: not a folder")
+    _OUT["root"] = args.out.resolve()
     check_device(args.device)
     pin_commit()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    cfg = SCALES["full" if args.full else "default"]
+    cfg = SCALES["full" if args.full else args.scale]
     start, summary = time.perf_counter(), []
     for what in args.only:
-        csv = ROOT / "results" / f"{OUTPUTS[what]}.csv"
+        csv = _dir("results") / f"{OUTPUTS[what]}.csv"
         if args.from_results:
             if not csv.exists():
                 raise SystemExit(f"--from-results: {csv} does not exist; run without it first")
             frame = pd.read_csv(csv)
         elif what == "fig2a":
-            frame = run_fig2a(cfg["fig2a"], args.device, args.quiet)
+            frame = run_fig2a(cfg["fig2a"], args.device, args.quiet, args.methods)
         elif what == "fig2b":
-            frame = run_fig2b(cfg["fig2b"], args.device, args.quiet)
+            frame = run_fig2b(cfg["fig2b"], args.device, args.quiet, args.methods)
         elif what == "neumann":
             frame = run_neumann(cfg["neumann"], args.device)
         else:
             frame = run_table1(cfg["table1"], args.device, args.quiet, threads)
         if what == "fig2a":
             out = plot_fig2a(frame)
-            summary += [f"Figure 2a -> {out.relative_to(ROOT)}"] + claims.figure2a(frame)
+            summary += [f"Figure 2a -> {_show(out)}"] + claims.figure2a(frame)
         elif what == "fig2b":
             out = plot_fig2b(frame)
-            summary += [f"Figure 2b -> {out.relative_to(ROOT)}"] + claims.figure2b(frame)
+            summary += [f"Figure 2b -> {_show(out)}"] + claims.figure2b(frame)
         elif what == "neumann":
             out = plot_neumann(frame)
-            summary += [f"CG vs Neumann -> {out.relative_to(ROOT)}"] + claims.linear_solvers(frame)
+            summary += [f"CG vs Neumann -> {_show(out)}"] + claims.linear_solvers(frame)
         else:
             md = claims.table1_markdown(frame)
-            out = ROOT / "reports" / "table1.md"
+            out = _dir("reports") / "table1.md"
             out.parent.mkdir(exist_ok=True)
             out.write_text(md)
-            summary += [f"Table 1 -> {out.relative_to(ROOT)}"] + claims.table1_verdicts(frame)
+            summary += [f"Table 1 -> {_show(out)}"] + claims.table1_verdicts(frame)
     print("\n".join(summary))
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

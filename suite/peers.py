@@ -27,6 +27,7 @@ from .batched import BatchedTasks, batched_meta_gradient
 from .checks import HelpFormatter, check_device
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient_batch
+from .registry import get_method
 from .results import ResultsStore, provenance
 from .solvers import GD
 from .workloads import cnn_tasks
@@ -94,28 +95,45 @@ def torchopt_imaml(tasks, theta, *, lam: float, steps: int, lr: float, cg_steps:
     return th.grad
 
 
+# The peer implementation of each method compared: (library, its function).
+PEERS = {"maml": ("higher", lambda tasks, theta, *, steps, lr, lam, cg_steps:
+                  higher_maml(tasks, theta, steps=steps, lr=lr)),
+         "imaml": ("torchopt", lambda tasks, theta, *, steps, lr, lam, cg_steps:
+                   torchopt_imaml(tasks, theta, lam=lam, steps=steps, lr=lr, cg_steps=cg_steps))}
+BATCHED_ONLY = ("fomaml",)   # compared only in the meta-batch settings (no peer)
+
+
+def method_lam(method: str, lam: float) -> float:
+    """The methods that need lam > 0 run at ``lam``; the others as plain MAML (lam 0)."""
+    return lam if get_method(method).needs_positive_lam else 0.0
+
+
+def _options(method: str, cg_steps: int) -> dict:
+    return {o.name: cg_steps for o in get_method(method).options if o.axis == "cg_steps"}
+
+
 def contenders(tasks, theta, *, steps, lr, lam, cg_steps, batched: bool):
-    """{name: zero-argument function} of the implementations compared at one setting."""
+    """{name: zero-argument function} of the implementations compared at one setting: ours
+    and the peer's for each method of ``PEERS``; with a meta-batch also ``BATCHED_ONLY``,
+    and the vmap form of each method that has one (``Method.batched``)."""
     gd = GD(steps, lr)
-    out = {
-        "ours/maml": lambda: meta_gradient_batch("maml", tasks, theta, lam=0.0, solver=gd).grad,
-        "higher/maml": lambda: higher_maml(tasks, theta, steps=steps, lr=lr),
-        "ours/imaml": lambda: meta_gradient_batch("imaml", tasks, theta, lam=lam, solver=gd,
-                                                  cg_steps=cg_steps).grad,
-        "torchopt/imaml": lambda: torchopt_imaml(tasks, theta, lam=lam, steps=steps, lr=lr,
-                                                 cg_steps=cg_steps),
-    }
+    methods = list(PEERS) + (list(BATCHED_ONLY) if batched else [])
+    out = {}
+    for m in methods:
+        kw = dict(lam=method_lam(m, lam), **_options(m, cg_steps))
+        out[f"ours/{m}"] = (lambda m=m, kw=kw: meta_gradient_batch(m, tasks, theta, solver=gd,
+                                                                   **kw).grad)
+        if m in PEERS:
+            library, fn = PEERS[m]
+            out[f"{library}/{m}"] = (lambda fn=fn: fn(tasks, theta, steps=steps, lr=lr, lam=lam,
+                                                      cg_steps=cg_steps))
     if batched:
         bt = BatchedTasks.stack(tasks)
-        out["ours/fomaml"] = lambda: meta_gradient_batch("fomaml", tasks, theta, lam=0.0,
-                                                         solver=gd).grad
-        out["ours-vmap/fomaml"] = lambda: batched_meta_gradient("fomaml", bt, theta, lam=0.0,
-                                                                steps=steps, lr=lr).grad
-        out["ours-vmap/maml"] = lambda: batched_meta_gradient("maml", bt, theta, lam=0.0,
-                                                              steps=steps, lr=lr).grad
-        out["ours-vmap/imaml"] = lambda: batched_meta_gradient("imaml", bt, theta, lam=lam,
-                                                               steps=steps, lr=lr,
-                                                               cg_steps=cg_steps).grad
+        for m in methods:
+            if get_method(m).batched is not None:
+                kw = dict(lam=method_lam(m, lam), **_options(m, cg_steps))
+                out[f"ours-vmap/{m}"] = (lambda m=m, kw=kw: batched_meta_gradient(
+                    m, bt, theta, steps=steps, lr=lr, **kw).grad)
     return out
 
 
@@ -141,8 +159,8 @@ def run(steps_list, batch_steps, meta_batch, *, n_way=20, k_shot=5, lr=0.1, lam=
         def key(name):
             impl, method = name.split("/")
             return dict(impl=impl, method=method, inner_steps=steps, meta_batch=batch,
-                        n_way=n_way, k_shot=k_shot, lam=lam if method == "imaml" else 0.0,
-                        cg_steps=cg_steps if method == "imaml" else None,
+                        n_way=n_way, k_shot=k_shot, lam=method_lam(method, lam),
+                        cg_steps=cg_steps if _options(method, cg_steps) else None,
                         device=str(torch.device(device)))
         if store is not None and all(store.done(key(name)) for name in fns):
             if progress:

@@ -3,6 +3,7 @@ baselines in results/baselines/ (JSON with provenance).
 
     python -m suite.regress            # compare; exit 1 on any regression
     python -m suite.regress --update   # replace the baselines with this run's figures
+    python -m suite.regress --add      # add the metrics the baseline lacks (a new method's)
 
 Kinds of metric and their rule (``now`` fails when it is worse than the baseline by more):
 - ``error``: relative meta-gradient error, float64 and deterministic; it may not exceed the
@@ -30,6 +31,7 @@ import synthetic
 
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient
+from .registry import METHODS
 from .results import provenance
 from .solvers import GD
 from .workloads import cnn_tasks, synthetic_workload
@@ -72,6 +74,19 @@ def compare(baseline: dict, now: dict) -> list[Verdict]:
     return verdicts
 
 
+GATE_AXES = {"truncate": 50, "cg_steps": 5}   # the swept options' values in the gate
+
+
+def gate_runs() -> list[tuple[str, str, dict]]:
+    """(metric name, method, options): every registered method (plugins included) with its
+    swept options at ``GATE_AXES``, plus iMAML with 20 CG steps."""
+    runs = []
+    for name, spec in METHODS.items():
+        options = {o.name: GATE_AXES[o.axis] for o in spec.options if o.axis in GATE_AXES}
+        runs.append((name, name, options))
+    return runs + [("imaml_cg20", "imaml", {"cg_steps": 20})]
+
+
 def measure() -> dict:
     """The gated metrics (about half a minute on 2 CPU cores)."""
     metrics: dict = {}
@@ -82,10 +97,7 @@ def measure() -> dict:
     w = synthetic_workload(dim=20, kappa=100.0, lam=1.0, seed=0)
     task, theta, exact = w.tasks[0], w.theta, w.exact()
     gd = GD(300, 1 / w.smoothness)
-    runs = {"maml": {}, "fomaml": {}, "truncated": {"truncate": 50}, "imaml": {"cg_steps": 5},
-            "imaml_cg20": {"cg_steps": 20}}
-    for name, options in runs.items():
-        method = name.split("_")[0]
+    for name, method, options in gate_runs():
         fn = lambda: meta_gradient(method, task, theta, lam=1.0, solver=gd, **options)  # noqa: E731
         put(f"synthetic/{name}/rel_error", "error",
             synthetic.relative_error(fn().grad.numpy(), exact))
@@ -121,21 +133,34 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update", action="store_true",
                         help="replace the committed baselines with this run's figures")
+    parser.add_argument("--add", action="store_true",
+                        help="add this run's metrics that the baseline lacks (a newly "
+                        "registered method's), keeping every existing baseline")
     parser.add_argument("--baseline", type=Path, default=BASELINE,
                         help="baseline JSON file (default: results/baselines/regress.json)")
     args = parser.parse_args(argv)
     if not args.update and not args.baseline.exists():
         raise SystemExit(f"no baseline at {args.baseline}: run with --update once, on purpose")
+    if args.update and args.add:
+        parser.error("--update replaces every baseline, --add only adds missing ones: "
+                     "choose one")
+    if args.add and not args.baseline.exists():
+        parser.error(f"--add: no baseline at {args.baseline} to add to (use --update once)")
     now = measure()
-    if args.update:
-        record = {"provenance": provenance(device="cpu", dtype="float64",
-                                           threads=torch.get_num_threads(), seed=0),
-                  "metrics": now}
+    if args.update or args.add:
+        prov = provenance(device="cpu", dtype="float64", threads=torch.get_num_threads(), seed=0)
+        record = {"provenance": prov, "metrics": now}
+        if args.add:
+            record = json.loads(args.baseline.read_text())
+            new = {k: v for k, v in now.items() if k not in record["metrics"]}
+            record["metrics"].update(new)
+            record.setdefault("added", []).append({"metrics": sorted(new), **prov})
         args.baseline.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.baseline.with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         tmp.replace(args.baseline)
-        print(f"baselines written to {args.baseline}")
+        print(f"baselines written to {args.baseline}" + (
+            f" ({len(new)} added: {', '.join(sorted(new)) or 'none'})" if args.add else ""))
         return 0
     baseline = json.loads(args.baseline.read_text())["metrics"]
     verdicts = compare(baseline, now)

@@ -31,7 +31,8 @@ from .linalg import CGBreakdown, HVP_PRODUCTS, hvp_at
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient, meta_gradient_batch
 from .results import PROVENANCE, ResultsStore, pin_commit, provenance, write_csv_atomic
-from .solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
+from .registry import METHODS, SOLVERS, get_method, get_solver
+from .solvers import GD
 from .workloads import BATCHNORMS, cnn_tasks, resolve_batchnorm, synthetic_workload
 
 KEY = ["workload", "method", "solver", "inner_steps", "cg_steps", "truncate", "kappa", "lam",
@@ -42,21 +43,23 @@ COUNTS = ["n_params", "grad_evals", "hvps", "cg_iterations", "cg_residual", "rep
 COLUMNS = (KEY + RESULTS + COUNTS + ["batchnorm"] + [c for c in PROVENANCE if c not in KEY]
            + ["status", "note"])
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+PAPER_METHODS = ("maml", "fomaml", "truncated", "imaml")   # the paper's Figure 2
 _WORKLOADS: dict = {}
 
 
 def make_solver(name: str, steps: int, lr: float, kappa: float | None = None):
-    if name == "GD":
-        return GD(steps, lr)
-    if name == "AGD":
-        if kappa is None:
-            raise ValueError("solver 'AGD' needs kappa to set its momentum")
-        return NesterovAGD.for_condition(steps, 1 / lr, kappa)
-    if name == "NewtonCG":
-        return NewtonCG(steps, cg_steps=5)
-    if name == "LBFGS":
-        return ScipyLBFGS(max_iter=max(steps, 1))
-    raise ValueError(f"solver must be one of GD, AGD, NewtonCG, LBFGS, got {name!r}")
+    """The registered solver ``name`` for a point: ``steps`` and ``lr`` (where it takes one);
+    a solver with a ``kappa`` option (Nesterov AGD's momentum) gets the point's kappa."""
+    spec = get_solver(name)
+    options = {"kappa": kappa} if kappa and any(o.name == "kappa" for o in spec.options) else {}
+    return spec.make(steps, lr if spec.takes_lr else None, **options)
+
+
+def method_options(method: str, cfg: dict) -> dict:
+    """The method's options that a point sets: those swept along a column (``Option.axis``:
+    cg_steps, truncate)."""
+    return {o.name: cfg[o.axis] for o in get_method(method).options
+            if o.axis and cfg.get(o.axis) is not None}
 
 
 def workload(cfg: dict):
@@ -93,8 +96,7 @@ def _prepare(cfg: dict, threads: int, repeats: int):
     if cfg["workload"] == "cnn":  # the CNN's BatchNorm: cnn_tasks' "auto" for this device
         row["batchnorm"] = resolve_batchnorm("auto", cfg["device"])
     solver = make_solver(cfg["solver"], cfg["inner_steps"], cfg["lr"], cfg.get("kappa") or None)
-    options = {"imaml": {"cg_steps": cfg["cg_steps"]},
-               "truncated": {"truncate": cfg["truncate"]}}.get(cfg["method"], {})
+    options = method_options(cfg["method"], cfg)
     out = {"exact": exact}
 
     def call():
@@ -198,30 +200,30 @@ def _measure_group(group, repeats, threads, memory) -> list[dict]:
 
 def _point(**kw) -> dict:
     base = dict.fromkeys(KEY)
-    base.update(workload="synthetic", solver="GD", lam=1.0, meta_batch=1, device="cpu",
+    base.update(workload="synthetic", solver="gd", lam=1.0, meta_batch=1, device="cpu",
                 dtype="float64", seed=0)
     base.update(kw)
     return base
 
 
 def method_points(methods, steps_list, cg_list, truncate_list, **common) -> list[dict]:
-    """One point per method and inner steps (and per CG steps for iMAML, per truncation
-    for truncated backprop, capped at the step count)."""
+    """One point per registered method and inner steps, and per value of each sweep axis
+    the method has an option on (``Option.axis``: the CG steps ``cg_list``, the truncations
+    ``truncate_list``, capped at the step count where the option is)."""
+    axes = {"cg_steps": cg_list, "truncate": truncate_list}
     points = []
     for method, steps in itertools.product(methods, steps_list):
-        if method == "imaml":
-            points += [_point(method=method, inner_steps=steps, cg_steps=c, **common)
-                       for c in cg_list]
-        elif method == "truncated":
-            points += [_point(method=method, inner_steps=steps, truncate=k, **common)
-                       for k in sorted({min(k, steps) for k in truncate_list})]
-        else:
-            points.append(_point(method=method, inner_steps=steps, **common))
+        swept = [o for o in get_method(method).options if o.axis in axes]
+        grids = [sorted({min(v, steps) if o.at_most_steps else v for v in axes[o.axis]})
+                 for o in swept]
+        for values in itertools.product(*grids):
+            points.append(_point(method=method, inner_steps=steps, **common,
+                                 **{o.axis: v for o, v in zip(swept, values)}))
     return points
 
 
 def error_points(*, methods, steps_list, cg_list, kappas, truncate_list=(10,), lam=1.0, dim=20,
-                 n_train=None, meta_batch=1, solver="GD", device="cpu", dtype="float64",
+                 n_train=None, meta_batch=1, solver="gd", device="cpu", dtype="float64",
                  seed=0) -> list[dict]:
     """Synthetic points with lr = 1/L (L = kappa * lam, the largest curvature of G);
     ``n_train`` defaults to 2 * dim (full-rank H), fewer is the few-shot regime."""
@@ -236,7 +238,7 @@ def error_points(*, methods, steps_list, cg_list, kappas, truncate_list=(10,), l
 
 def cost_points(*, workload, methods, steps_list, cg_list=(5,), truncate_list=(5,), lam=None,
                 lr=None, kappa=100.0, dim=100, n_way=20, k_shot=5, meta_batch=1, device="cpu",
-                dtype=None, seed=0) -> list[dict]:
+                dtype=None, seed=0, solver="gd") -> list[dict]:
     if workload == "cnn":
         # On random images at the random initialisation, G has negative curvature that
         # lam = 2 does not cover (CG breaks down); cost does not depend on lam, so 10 is used.
@@ -247,7 +249,7 @@ def cost_points(*, workload, methods, steps_list, cg_list=(5,), truncate_list=(5
         common = dict(workload="synthetic", lam=lam, lr=lr or 1 / (kappa * lam),
                       kappa=float(kappa), dim=dim, n_train=2 * dim, dtype=dtype or "float64")
     return method_points(methods, steps_list, cg_list, truncate_list, meta_batch=meta_batch,
-                         device=device, seed=seed, **common)
+                         device=device, seed=seed, solver=solver, **common)
 
 
 def _gradient_call(task, theta):
@@ -325,8 +327,11 @@ def _common_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--lam", type=float, default=None,
                    help="regularisation lam of G (None: 1 synthetic, 10 CNN)")
     p.add_argument("--meta-batch", type=int, default=1, help="tasks per meta-gradient")
-    p.add_argument("--methods", nargs="+", default=["maml", "fomaml", "truncated", "imaml"],
-                   choices=["maml", "fomaml", "truncated", "imaml"], help="methods to measure")
+    p.add_argument("--methods", nargs="+", default=list(PAPER_METHODS),
+                   choices=[m for m, s in METHODS.items() if not s.needs_dense],
+                   help="registered methods to measure (plugins included)")
+    p.add_argument("--solver", default="gd", choices=sorted(SOLVERS),
+                   help="inner solver (a method that needs a differentiable one refuses others)")
     p.add_argument("--steps", type=int, nargs="+", required=True, help="inner GD steps")
     p.add_argument("--cg-steps", type=int, nargs="+", default=[5], help="CG steps (iMAML)")
     p.add_argument("--truncate", type=int, nargs="+", default=[5],
@@ -345,10 +350,17 @@ def check_arguments(parser, args) -> None:
     cli_range(parser, "--kappas", getattr(args, "kappas", None), 1.0, synthetic.KAPPA_MAX)
     cli_range(parser, "--kappa", getattr(args, "kappa", None), 1.0, synthetic.KAPPA_MAX)
     cli_range(parser, "--lr", getattr(args, "lr", None), 0.0, low_open=True)
-    lam_positive = "imaml" in getattr(args, "methods", ["imaml"])  # hvp-cost times iMAML
+    lam_positive = any(get_method(m).needs_positive_lam   # hvp-cost times iMAML
+                       for m in getattr(args, "methods", ["imaml"]))
     cli_range(parser, "--lam", getattr(args, "lam", None), 0.0, low_open=lam_positive)
     if getattr(args, "out", None) is not None:
         cli_out_folder(parser, "--out", args.out)
+    solver = getattr(args, "solver", None)
+    for m in getattr(args, "methods", []) if solver else []:
+        if not get_method(m).accepts(SOLVERS[solver]):
+            parser.error(f"--methods {m} needs a differentiable inner solver; --solver {solver} "
+                         f"is not (differentiable: "
+                         f"{', '.join(n for n, s in SOLVERS.items() if s.differentiable)})")
 
 
 def main(argv=None) -> int:
@@ -426,14 +438,14 @@ def main(argv=None) -> int:
         points = error_points(methods=args.methods, steps_list=args.steps, cg_list=args.cg_steps,
                               kappas=args.kappas, truncate_list=args.truncate,
                               lam=args.lam or 1.0, dim=args.dim, n_train=args.n_train,
-                              meta_batch=args.meta_batch,
+                              meta_batch=args.meta_batch, solver=args.solver,
                               device=args.device, dtype=args.dtype or "float64", seed=args.seed)
     else:
         points = cost_points(workload=args.workload, methods=args.methods, steps_list=args.steps,
                              cg_list=args.cg_steps, truncate_list=args.truncate, lam=args.lam,
                              lr=args.lr, kappa=args.kappa, dim=args.dim, n_way=args.n_way,
                              k_shot=args.k_shot, meta_batch=args.meta_batch, device=args.device,
-                             dtype=args.dtype, seed=args.seed)
+                             dtype=args.dtype, seed=args.seed, solver=args.solver)
     store = run_sweep(points, args.out, repeats=args.repeats, threads=args.threads,
                       interleave=("kappa", "inner_steps"),
                       progress=not args.quiet, desc=args.command, world=world)

@@ -20,21 +20,33 @@ import synthetic
 from .measure import measure_memory
 from .methods import meta_gradient
 from .results import provenance
-from .solvers import GD, NesterovAGD
+from .registry import get_method
+from .sweeps import make_solver
 
 
 @dataclass(frozen=True)
 class Row:
+    """A row: a registered method with a registered solver. The budget search follows the
+    method's swept option (``Option.axis``): none, the inner steps alone; "truncate", the
+    steps full backprop needs, then the fewest kept steps; "cg_steps", the linear-solve
+    budget, then the inner steps."""
+
     label: str
     compute_exponent: float   # theory: compute ~ kappa^e log(D/delta)
     memory_exponent: float    # theory: memory ~ kappa^e (times logs)
+    method: str = "maml"
+    solver: str = "gd"
+
+    @property
+    def axis_option(self):
+        return next((o for o in get_method(self.method).options if o.axis), None)
 
 
 ROWS = {
-    "maml_gd": Row("MAML (GD + full back-prop)", 1.0, 1.0),
-    "maml_agd": Row("MAML (Nesterov AGD + full back-prop)", 0.5, 0.5),
-    "truncated_gd": Row("Truncated back-prop (GD)", 1.0, 1.0),
-    "imaml": Row("Implicit MAML (AGD inner solve + CG)", 0.5, 0.0),
+    "maml_gd": Row("MAML (GD + full back-prop)", 1.0, 1.0, "maml", "gd"),
+    "maml_agd": Row("MAML (Nesterov AGD + full back-prop)", 0.5, 0.5, "maml", "nesterov-agd"),
+    "truncated_gd": Row("Truncated back-prop (GD)", 1.0, 1.0, "truncated", "gd"),
+    "imaml": Row("Implicit MAML (AGD inner solve + CG)", 0.5, 0.0, "imaml", "nesterov-agd"),
 }
 EXPONENT_TOLERANCE = 0.15
 
@@ -75,20 +87,15 @@ class Evaluator:
         self._cache: dict = {}
 
     def call(self, row: str, steps: int, extra: int = 0):
-        lam, kappa, theta = self.w.lam, self.w.kappa, self.w.theta
-        if row == "maml_gd":
-            return lambda: meta_gradient("maml", self.task, theta, lam=lam, solver=GD(steps, 1 / self.L))
-        if row == "maml_agd":
-            return lambda: meta_gradient("maml", self.task, theta, lam=lam,
-                                         solver=NesterovAGD.for_condition(steps, self.L, kappa))
-        if row == "truncated_gd":
-            return lambda: meta_gradient("truncated", self.task, theta, lam=lam,
-                                         solver=GD(steps, 1 / self.L), truncate=extra)
-        if row == "imaml":
-            return lambda: meta_gradient("imaml", self.task, theta, lam=lam,
-                                         solver=NesterovAGD.for_condition(steps, self.L, kappa),
-                                         cg_steps=extra)
-        raise ValueError(f"row must be one of {sorted(ROWS)}, got {row!r}")
+        """The row's meta-gradient at ``steps`` inner steps and ``extra`` on its axis."""
+        if row not in ROWS:
+            raise ValueError(f"row must be one of {sorted(ROWS)}, got {row!r}")
+        spec = ROWS[row]
+        solver = make_solver(spec.solver, steps, 1 / self.L, self.w.kappa)
+        option = spec.axis_option
+        options = {option.name: extra} if option is not None else {}
+        return lambda: meta_gradient(spec.method, self.task, self.w.theta, lam=self.w.lam,
+                                     solver=solver, **options)
 
     def error(self, row: str, steps: int, extra: int = 0) -> float:
         key = (row, steps, extra)
@@ -102,13 +109,14 @@ def find_budget(ev: Evaluator, row: str, delta: float, cap: int, previous: dict 
     """(inner steps, extra) reaching delta: extra is the truncation (truncated) or the CG
     steps (iMAML), else 0. ``previous`` (the budget for a larger delta) seeds the search."""
     prev = previous or {}
-    if row in ("maml_gd", "maml_agd"):
+    option = ROWS[row].axis_option
+    if option is None:
         k = smallest_budget(lambda k: ev.error(row, k), delta, prev.get("steps", 1), cap)
         return k, 0
-    if row == "truncated_gd":
-        # The inner solve takes the steps MAML-GD needs for delta (truncate = steps is MAML
-        # itself, so delta is reachable); truncation keeps the fewest steps within delta.
-        steps = smallest_budget(lambda k: ev.error("maml_gd", k), delta, prev.get("steps", 1),
+    if option.at_most_steps:
+        # The inner solve takes the steps that the axis at its cap (truncate = steps: full
+        # backprop) needs for delta, so delta is reachable; then the fewest kept steps.
+        steps = smallest_budget(lambda k: ev.error(row, k, k), delta, prev.get("steps", 1),
                                 cap)
         trunc = smallest_budget(lambda t: ev.error(row, steps, t), delta, steps, steps)
         return steps, trunc
@@ -137,8 +145,9 @@ def measure_cell(ev: Evaluator, row: str, kappa: float, delta: float, hvp_in_gra
     mem = measure_memory(fn, ev.w.theta.device) if memory else None
     stats = result.stats
     return dict(base, inner_steps=steps,
-                truncate=extra if row == "truncated_gd" else None,
-                cg_steps=extra if row == "imaml" else None,
+                **{axis: (extra if ROWS[row].axis_option is not None
+                          and ROWS[row].axis_option.axis == axis else None)
+                   for axis in ("truncate", "cg_steps")},
                 grad_evals=stats.grad_evals, hvps=stats.hvps,
                 compute_grads=stats.grad_evals + hvp_in_grads * stats.hvps,
                 graph_bytes=mem.graph_bytes if mem else None,

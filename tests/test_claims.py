@@ -77,7 +77,7 @@ def test_neumann_figure_on_a_small_task(tmp_path, monkeypatch):
         "figures", Path(__file__).resolve().parents[1] / "suite" / "figures.py")
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)
-    monkeypatch.setattr(figures, "ROOT", tmp_path)
+    monkeypatch.setitem(figures._OUT, "root", tmp_path)   # what --out sets
     frame = figures.run_neumann(dict(kappa=10.0, dim=8, iterations=[1, 8, 30, 200]), "cpu")
     assert (tmp_path / "results" / "linear_solvers.csv").exists()
     cg = frame[frame.linear_solver == "cg"].set_index("iterations").rel_error
