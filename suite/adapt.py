@@ -44,9 +44,9 @@ class _Adapt(torch.autograd.Function):
 
 
 class _Call:
-    def __init__(self, spec, task, lam, solver, options, lam_wanted):
+    def __init__(self, spec, task, lam, solver, options, lam_wanted, on_backward):
         self.spec, self.task, self.lam, self.solver = spec, task, lam, solver
-        self.options, self.lam_wanted = options, lam_wanted
+        self.options, self.lam_wanted, self.on_backward = options, lam_wanted, on_backward
 
     def _lam(self):
         lam = self.lam
@@ -63,6 +63,8 @@ class _Call:
         r = meta_gradient(self.spec, _LinearTest(self.task, v.detach()), self.theta,
                           lam=self._lam(), solver=self.solver, lam_grad=self.lam_wanted,
                           **self.options)
+        if self.on_backward is not None:
+            self.on_backward(r)
         if not self.lam_wanted:
             return r.grad, None
         lam = self.lam
@@ -70,18 +72,20 @@ class _Call:
             lam.shape)
 
 
-def adapt(method, task, theta: torch.Tensor, *, lam, solver=None, **options) -> torch.Tensor:
+def adapt(method, task, theta: torch.Tensor, *, lam, solver=None, on_backward=None,
+          **options) -> torch.Tensor:
     """The adapted parameters phi of ``task`` from ``theta``, differentiable by ``method``'s
     meta-gradient (see the module docstring). ``lam``: a number or a tensor (of theta's shape,
-    or 0-dim); when it is a tensor that requires grad, it receives d/dlam too. A solver that
-    draws per task (Adam's mini-batches) has its draws fixed once, so the forward and the
-    backward pass adapt alike."""
+    or 0-dim, or computed from parameters that require grad: they receive d/dlam through
+    it). A solver that draws per task (Adam's mini-batches) has its draws fixed once, so the
+    forward and the backward pass adapt alike. ``on_backward(result)`` receives the
+    ``MetaGradient`` the backward pass computed (its ``stats``: CG residual, stationarity)."""
     spec = get_method(method)
     wants = torch.is_tensor(lam) and lam.requires_grad
     if wants and not spec.lam_grad:
         raise ValueError(f"lam requires grad, but method {spec.name!r} has no gradient in lam")
     if spec.needs_solver and solver is not None:
         solver = for_tasks(solver, [task])[0]
-    call = _Call(spec, task, lam, solver, options, wants)
+    call = _Call(spec, task, lam, solver, options, wants, on_backward)
     lam_leaf = lam if wants else torch.zeros((), dtype=theta.dtype, device=theta.device)
     return _Adapt.apply(theta, lam_leaf, call)

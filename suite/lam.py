@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 import synthetic  # noqa: E402
 from .checks import HelpFormatter, check_float, check_int, cli_out_folder  # noqa: E402
-from .methods import meta_gradient_batch  # noqa: E402
+from .adapt import adapt  # noqa: E402
+from .methods import Stats  # noqa: E402
 from .results import ResultsStore, pin_commit, provenance, write_csv_atomic  # noqa: E402
 from .solvers import NewtonCG  # noqa: E402
 from .tasks import LinearRegressionTask  # noqa: E402
@@ -117,17 +118,17 @@ def meta_train(cfg: LamConfig, lam_init: float, learn: str | None):
     worst = stationarity = 0.0
     for _ in range(cfg.iterations):
         tasks = [LinearRegressionTask.from_synthetic(t) for t in cfg.tasks(cfg.meta_batch, rng)]
-        lam = (log_lam.detach().exp().expand(cfg.dim).clone() if size
+        # lam from log lam: autograd carries d/dlam (from adapt) back to log lam
+        lam = (log_lam.exp().expand(cfg.dim) if size
                else torch.full((cfg.dim,), lam_init, dtype=torch.float64))
-        r = meta_gradient_batch("imaml", tasks, theta.detach(), lam=lam, solver=solver,
-                                cg_steps=cg, lam_grad=bool(size))
-        worst = max(worst, r.stats.cg_residual)
-        stationarity = max(stationarity, r.stats.inner_stationarity)
+        results = []
+        loss = sum(t.test_loss(adapt("imaml", t, theta, lam=lam, solver=solver, cg_steps=cg,
+                                     on_backward=results.append)) for t in tasks) / len(tasks)
         optimizer.zero_grad()
-        theta.grad = r.grad
-        if size:   # d/dlog lam = lam * d/dlam, summed over coordinates for a scalar
-            g = lam * r.lam_grad
-            log_lam.grad = g if size == cfg.dim else g.sum().reshape(1)
+        loss.backward()
+        stats = Stats.combine([r.stats for r in results])
+        worst = max(worst, stats.cg_residual)
+        stationarity = max(stationarity, stats.inner_stationarity)
         optimizer.step()
     lam = (log_lam.detach().exp().expand(cfg.dim) if size
            else torch.full((cfg.dim,), lam_init, dtype=torch.float64))

@@ -240,12 +240,27 @@ def test_learned_lam_recipe_learns_one_lam_per_layer_and_resumes(tmp_path):
     assert set(scores) == set(recipes.EVALUATIONS)
 
 
-def test_layer_lam_chain_rule():
+def test_layer_lam_gradient_through_adapt():
+    """The learned per-layer lam gets d/dlog_lam_l = lam_l * sum_{i in l} d/dlam_i: autograd
+    through adapt against that chain rule written out from meta_gradient's lam_grad."""
+    from suite import adapt, meta_gradient
     from suite.omniglot.train import LayerLam
-    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    from suite.solvers import GD
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, xq = torch.randn(8, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    task = ModuleTask(net, (x, torch.arange(8) % 2), (xq, torch.arange(6) % 2))
+    theta = task.flat_parameters()
     layer = LayerLam(net, 0.5)
-    assert layer.vector().shape == (sum(p.numel() for p in net.parameters()),)
-    g = torch.arange(11, dtype=torch.float32)
-    # d/dlog_lam_l = lam_l * sum of d/dlam_i over the entries of layer l (sizes 6, 2, 2, 1)
-    expected = 0.5 * torch.tensor([g[:6].sum(), g[6:8].sum(), g[8:10].sum(), g[10:].sum()])
-    torch.testing.assert_close(layer.log_grad(g), expected)
+    with torch.no_grad():
+        layer.log_lam.copy_(torch.log(torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)))
+    solver = GD(10, 0.2)
+    want = meta_gradient("imaml", task, theta, lam=layer.vector(), solver=solver, cg_steps=30,
+                         lam_grad=True)
+    expected = layer.log_lam.detach().exp() * torch.zeros(4, dtype=torch.float64).index_add_(
+        0, layer.layer, want.lam_grad)
+    task.test_loss(adapt("imaml", task, theta.clone().requires_grad_(True),
+                         lam=layer.vector(differentiable=True), solver=solver,
+                         cg_steps=30)).backward()
+    # the same float64 solve on both paths; autograd sums the same terms: ~1e-15 relative
+    torch.testing.assert_close(layer.log_lam.grad, expected, rtol=1e-12, atol=0)

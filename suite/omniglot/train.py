@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..adapt import adapt
 from ..checks import check_float, check_int
 from ..distributed import World
 from ..methods import Stats, meta_gradient, meta_gradient_batch
@@ -103,7 +104,7 @@ class TrainConfig:
 
 class LayerLam:
     """One lam per parameter tensor of the model, learned in log space:
-    lam_i = exp(log_lam[layer of i]), so d/dlog_lam[l] = lam_l * sum_{i in l} d/dlam_i."""
+    lam_i = exp(log_lam[layer of i]); autograd carries d/dlam back to log_lam."""
 
     def __init__(self, model: torch.nn.Module, init: float):
         named = list(model.named_parameters())
@@ -115,13 +116,10 @@ class LayerLam:
         self.log_lam = torch.full((len(named),), math.log(init), dtype=p.dtype,
                                   device=p.device, requires_grad=True)
 
-    def vector(self) -> torch.Tensor:
-        """lam as a vector of theta's length."""
-        return torch.repeat_interleave(self.log_lam.detach().exp(), self.sizes)
-
-    def log_grad(self, lam_grad: torch.Tensor) -> torch.Tensor:
-        sums = torch.zeros_like(self.log_lam).index_add_(0, self.layer, lam_grad)
-        return self.log_lam.detach().exp() * sums
+    def vector(self, differentiable: bool = False) -> torch.Tensor:
+        """lam as a vector of theta's length (``differentiable``: in the graph of log_lam)."""
+        log_lam = self.log_lam if differentiable else self.log_lam.detach()
+        return torch.repeat_interleave(log_lam.exp(), self.sizes)
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame({"parameter": self.names, "entries": self.sizes.tolist(),
@@ -138,9 +136,10 @@ class Learner:
     elapsed_s: float = 0.0
     layer_lam: LayerLam | None = None
 
-    def lam(self, cfg: "TrainConfig"):
-        """The lam the recipe adapts with: its own, or the learned vector."""
-        return cfg.spec.lam if self.layer_lam is None else self.layer_lam.vector()
+    def lam(self, cfg: "TrainConfig", differentiable: bool = False):
+        """The lam the recipe adapts with: its own, or the learned vector (``differentiable``:
+        in the graph of the learned log lam)."""
+        return cfg.spec.lam if self.layer_lam is None else self.layer_lam.vector(differentiable)
 
 
 def model_for(cfg: TrainConfig):
@@ -163,22 +162,33 @@ def train_sampler(cfg: TrainConfig, chars: Characters) -> TaskSampler:
 
 def outer_direction(cfg: TrainConfig, solver, tasks, theta, world: World = World(), lam=None):
     """The direction handed to the outer optimizer (the mean over all ``tasks``, of which
-    this rank computes its share) and the diagnostics of computing it. With a learned
-    ``lam`` (a vector), ``info["lam_grad"]`` is the mean d/dlam (not a diagnostic)."""
+    this rank computes its share) and the diagnostics of computing it. A learned ``lam`` (a
+    vector in the graph of its parameters: ``Learner.lam(cfg, differentiable=True)``) is
+    adapted through ``suite.adapt``; ``info["lam_grad"]`` is then the mean d/dlam, to be
+    backpropagated into those parameters (not a diagnostic)."""
     spec = cfg.spec
     lam = spec.lam if lam is None else lam
-    learned = torch.is_tensor(lam)
+    learned = torch.is_tensor(lam) and lam.requires_grad
     mine = world.share(len(tasks))
     # Every rank fixes every task's draws (Adam's mini-batches), so the stream stays in step.
     solvers = for_tasks(solver, tasks)
-    result = meta_gradient_batch(spec.method, [tasks[i] for i in mine], theta.detach(),
-                                 lam=lam, solver=[solvers[i] for i in mine], lam_grad=learned,
-                                 **spec.meta_options(cfg))
-    direction = world.mean(result.grad)
+    options = spec.meta_options(cfg)
+    if learned:
+        theta_leaf, results = theta.detach().requires_grad_(True), []
+        loss = sum(tasks[i].test_loss(adapt(spec.method, tasks[i], theta_leaf, lam=lam,
+                                            solver=solvers[i], on_backward=results.append,
+                                            **options)) for i in mine) / len(mine)
+        grad, lam_grad = torch.autograd.grad(loss, [theta_leaf, lam])
+        stats = Stats.combine([r.stats for r in results])
+    else:
+        result = meta_gradient_batch(spec.method, [tasks[i] for i in mine], theta.detach(),
+                                     lam=lam, solver=[solvers[i] for i in mine], **options)
+        grad, stats = result.grad, result.stats
+    direction = world.mean(grad)
     if not spec.implicit:
         return direction, {}
-    s = Stats.combine(world.gather(result.stats))
-    extra = {"lam_grad": world.mean(result.lam_grad)} if learned else {}
+    s = Stats.combine(world.gather(stats))
+    extra = {"lam_grad": world.mean(lam_grad)} if learned else {}
     return direction, extra | {
         "inner_stationarity": s.inner_stationarity, "cg_residual": s.cg_residual,
         "cg_breakdown": s.cg_breakdowns / len(tasks), "cg_breakdown_iteration":
@@ -303,7 +313,7 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     while learner.iteration < cfg.max_iterations and learner.elapsed_s < cfg.budget_s:
         start = time.perf_counter()
         tasks = [ModuleTask(model, *sampler.sample()) for _ in range(cfg.meta_batch)]
-        lam = learner.lam(cfg)
+        lam = learner.lam(cfg, differentiable=True)
         direction, info = outer_direction(cfg, solver, tasks, theta, world, lam=lam)
         if not bool(torch.isfinite(direction).all()):
             raise FloatingPointError(f"{cfg.recipe}: the outer direction at iteration "
@@ -316,7 +326,7 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
         learner.optimizer.zero_grad()
         theta.grad = direction
         if layer_lam is not None:
-            layer_lam.log_lam.grad = layer_lam.log_grad(lam_grad)
+            lam.backward(lam_grad)   # autograd's chain rule into log lam
             info |= {"lam_min": float(lam.min()), "lam_max": float(lam.max())}
         learner.optimizer.step()
         seconds = max(world.gather(time.perf_counter() - start))   # the slowest rank's
@@ -335,7 +345,8 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
                "direction_norm": float(direction.norm()),
                "outer_lr": learner.optimizer.param_groups[0]["lr"], **info}
         if learner.iteration % cfg.probe_every == 0 or learner.iteration == 1:
-            row["probe_cosine_to_maml"] = probe_cosine(cfg, solver, probe, theta, lam)
+            row["probe_cosine_to_maml"] = probe_cosine(
+                cfg, solver, probe, theta, lam.detach() if torch.is_tensor(lam) else lam)
         rows.append(row)
         if learner.iteration % cfg.checkpoint_every == 0:
             _flush(learner, cfg, out, rngs, rows, curve, world)
