@@ -21,12 +21,32 @@ def _curve(sub: pd.DataFrame, method: str, cg=None) -> pd.Series:
     return g.set_index("inner_steps").rel_error.sort_index()
 
 
+PAPER_METHODS = {"maml", "fomaml", "imaml"}   # the paper's claims compare these
+
+
+def _missing(frame: pd.DataFrame) -> list[str]:
+    missing = sorted(PAPER_METHODS - set(frame.method))
+    return [f"  the paper's claims need {', '.join(missing)} in the figure too: not checked"
+            ] if missing else []
+
+
+def _others(ok: pd.DataFrame, describe) -> list[str]:
+    """One line per method the paper does not have (a plugin's, Reptile, ...)."""
+    return [describe(m, g) for m, g in ok.groupby("method")
+            if m not in PAPER_METHODS | {"truncated"}]
+
+
 def figure2a(frame: pd.DataFrame) -> list[str]:
-    lines = []
     ok = frame[frame.status == "ok"]
+    lines = _others(ok, lambda m, g: f"  {m}: relative error at the largest K per panel: "
+                    + ", ".join(f"{r.rel_error:.1e} (dim {r.dim}, n_train {r.n_train})"
+                                for r in g.sort_values("inner_steps").groupby(
+                                    ["dim", "n_train"]).tail(1).itertuples()))
+    if _missing(ok):
+        return _missing(ok) + lines
     for (dim, n_train), sub in ok.groupby(["dim", "n_train"]):
         maml = _curve(sub, "maml")
-        cgs = sorted(sub.cg_steps.dropna().unique())
+        cgs = sorted(sub[sub.method == "imaml"].cg_steps.dropna().unique())
         imaml = {int(c): _curve(sub, "imaml", c) for c in cgs}
         k_max = maml.index.max()
         best = imaml[int(cgs[-1])]
@@ -63,7 +83,12 @@ def _slope(g: pd.DataFrame, column: str) -> tuple[float, float]:
 def figure2b(frame: pd.DataFrame) -> list[str]:
     ok = frame[frame.status == "ok"].sort_values("inner_steps")
     by = {m: g for m, g in ok.groupby("method")}
-    lines = []
+    lines = _others(ok, lambda m, g: f"  {m}: peak {g.peak_bytes.min() / 2**20:.1f}-"
+                    f"{g.peak_bytes.max() / 2**20:.1f} MiB, time {g.time_s.min():.3f}-"
+                    f"{g.time_s.max():.3f} s over K = {int(g.inner_steps.min())}-"
+                    f"{int(g.inner_steps.max())}")
+    if _missing(ok):
+        return _missing(ok) + lines
     mem_slope, r2 = _slope(by["maml"], "peak_bytes")
     lines.append(f"  MAML memory grows linearly: {mem_slope / 2**20:.1f} MiB per inner step, "
                  f"R^2 {r2:.4f} (threshold {R2_LINEAR}): {_verdict(r2 >= R2_LINEAR)}")

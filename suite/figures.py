@@ -100,6 +100,11 @@ def axis_text(method: str, values: dict, before: str, after: str = "") -> str:
     return before + AXIS_TEXT[axis].format(int(values[axis])) + after
 
 
+def linestyle(method: str) -> str:
+    """Dashed for a method the paper does not have, so that one lying on another shows."""
+    return LINESTYLE.get(method, "-" if method in STYLE else (0, (4, 2)))
+
+
 def style(method: str) -> tuple[str, str, str]:
     """(label, colour, marker): the paper's methods as in STYLE, any other registered method
     (a plugin's) by its name, in a colour and marker of its own."""
@@ -165,11 +170,11 @@ def plot_fig2a(frame: pd.DataFrame) -> Path:
                                                   dropna=False):
             label, color, marker = style(method)
             label += axis_text(method, {"cg_steps": cg, "truncate": trunc}, ", ")
-            if axis_of(method) == "cg_steps":   # one colour per CG budget
+            if method in STYLE and axis_of(method) == "cg_steps":   # a colour per CG budget
                 color = {2: "C9", 5: "C0", 20: "C2", 100: "C4"}.get(int(cg), "C5")
             g = g.sort_values("inner_steps")
             ax.loglog(g.inner_steps, g.rel_error.clip(lower=1e-17), marker=marker, color=color,
-                      label=label, ms=4, lw=1.4, ls=LINESTYLE.get(method, "-"))
+                      label=label, ms=4, lw=1.4, ls=linestyle(method))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("inner GD steps K (lr = 1/L)")
         ax.set_ylabel("relative error of the meta-gradient")
@@ -199,7 +204,7 @@ def plot_fig2b(frame: pd.DataFrame) -> Path:
         label += axis_text(method, {"cg_steps": g.cg_steps.iloc[0],
                                     "truncate": g["truncate"].max()}, " (", ")")
         g = g.sort_values("inner_steps")
-        ls = LINESTYLE.get(method, "-")
+        ls = linestyle(method)
         ax_t.errorbar(g.inner_steps, g.time_s, yerr=g.time_iqr_s / 2, marker=marker, color=color,
                       label=label, ms=4, capsize=2, ls=ls)
         ax_m.plot(g.inner_steps, g.peak_bytes / 2**20, marker=marker, color=color, label=label,
