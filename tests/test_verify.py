@@ -1,0 +1,86 @@
+"""suite.verify against code written outside the suite: correct plain-PyTorch MAML and iMAML,
+higher's and torchopt's, and deliberately broken versions, each diagnosed by name."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from examples.verify import plain
+from suite.verify import VerificationError, check, judge
+from tests import verify_samples as bad
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("fn, claims", [(plain.maml, "maml"), (plain.imaml, "imaml")])
+def test_correct_plain_pytorch_passes(fn, claims):
+    report = check(fn, claims=claims)
+    assert report.passed and report.verdict.startswith("PASS")
+
+
+def test_correct_maml_without_claims_names_maml():
+    report = judge(plain.maml, cost=False)
+    assert report.passed and report.matches[0] == ("maml", "")
+
+
+@pytest.mark.parametrize("fn, claims, words", [
+    (bad.maml_first_order, "maml", "create_graph=True missing"),
+    (bad.maml_one_step_short, "maml", "one step fewer"),
+    (bad.maml_query_at_theta, "maml", "the adapted parameters are not used"),
+    (bad.maml_without_prox, "maml", "lam is ignored"),
+    (bad.maml_sign_flipped, "maml", "sign flip"),
+    (bad.imaml_forgets_lam, "imaml", "the factor lam of g = lam (H + lam I)^-1 v is missing"),
+])
+def test_broken_implementations_are_diagnosed_by_name(fn, claims, words):
+    with pytest.raises(VerificationError) as info:
+        check(fn, claims=claims)
+    assert words in str(info.value)
+    assert "FAIL" in str(info.value)
+
+
+def test_first_order_maml_is_first_order():
+    # What the issue asks to see: "matches first-order MAML to 1e-16 and differs from MAML"
+    report = judge(bad.maml_first_order, "maml", cost=False)
+    assert report.verdict.startswith("FAIL: matches first-order MAML to ")
+    assert report.worst[("fomaml", "")] < 1e-12 and report.worst[("maml", "")] > 1e-2
+    # it passes as what it is
+    assert judge(bad.maml_first_order, "fomaml", cost=False).passed
+
+
+def test_in_place_changes_to_the_model_are_reported():
+    report = judge(bad.maml_in_place, "maml", cost=False)
+    assert any("changed the model's parameters in place" in d for d in report.diagnosis)
+
+
+def test_flat_form_and_mse():
+    assert judge(bad.flat_maml, "maml", form="flat", cost=False).passed
+    assert not judge(bad.flat_fomaml, "maml", form="flat", cost=False).passed
+    report = judge(bad.maml_mse, "maml", loss="mse", cost=False)
+    assert report.passed
+    # the linear problem's references are the scipy closed forms' to rounding
+    assert "closed forms on the linear problem to" in report.tolerance_note
+
+
+def test_peers_pass():
+    pytest.importorskip("higher")
+    pytest.importorskip("torchopt")
+    from suite.verify import adapters
+    assert check(adapters.higher_maml, claims="maml").passed
+    assert check(adapters.torchopt_imaml, claims="imaml").passed
+
+
+def test_cli_report_card_and_exit_status(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "suite.verify", "examples/verify/plain.py:maml",
+                        "--claims", "maml", "--report", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "PASS" in r.stdout and (tmp_path / "report.md").exists()
+    assert (tmp_path / "report.png").exists() and "memory grows by" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "suite.verify",
+                        "tests.verify_samples:maml_one_step_short", "--claims", "maml",
+                        "--no-cost"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "one step fewer" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "suite.verify", "no_such_module:f"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot be imported" in r.stderr
