@@ -57,7 +57,7 @@ def compare(baseline: dict, now: dict) -> list[Verdict]:
         kind, value = m["kind"], m["value"]
         base = baseline.get(name, {}).get("value")
         if base is None:
-            verdicts.append(Verdict(name, kind, None, value, False, "no baseline (run --update)"))
+            verdicts.append(Verdict(name, kind, None, value, False, "no baseline (record it with --add, on purpose)"))
             continue
         if kind == "error":
             limit = base * (1 + ERROR_REL) + ERROR_ABS
@@ -77,18 +77,21 @@ def compare(baseline: dict, now: dict) -> list[Verdict]:
 GATE_AXES = {"truncate": 50, "cg_steps": 5}   # the swept options' values in the gate
 
 
-def gate_runs() -> list[tuple[str, str, dict]]:
-    """(metric name, method, options): every registered method (plugins included) with its
-    swept options at ``GATE_AXES``, plus iMAML with 20 CG steps."""
+def gate_runs(methods=None) -> list[tuple[str, str, dict]]:
+    """(metric name, method, options): every registered method (plugins included; or those
+    named in ``methods``) with its swept options at ``GATE_AXES``, plus iMAML with 20 CG
+    steps."""
     runs = []
     for name, spec in METHODS.items():
         options = {o.name: GATE_AXES[o.axis] for o in spec.options if o.axis in GATE_AXES}
         runs.append((name, name, options))
-    return runs + [("imaml_cg20", "imaml", {"cg_steps": 20})]
+    runs.append(("imaml_cg20", "imaml", {"cg_steps": 20}))
+    return [r for r in runs if methods is None or r[1] in methods]
 
 
-def measure() -> dict:
-    """The gated metrics (about half a minute on 2 CPU cores)."""
+def measure(methods=None) -> dict:
+    """The gated metrics (about half a minute on 2 CPU cores); with ``methods``, only those
+    methods' synthetic metrics (seconds: a new method's baselines)."""
     metrics: dict = {}
 
     def put(name, kind, value):
@@ -97,13 +100,15 @@ def measure() -> dict:
     w = synthetic_workload(dim=20, kappa=100.0, lam=1.0, seed=0)
     task, theta, exact = w.tasks[0], w.theta, w.exact()
     gd = GD(300, 1 / w.smoothness)
-    for name, method, options in gate_runs():
+    for name, method, options in gate_runs(methods):
         fn = lambda: meta_gradient(method, task, theta, lam=1.0, solver=gd, **options)  # noqa: E731
         put(f"synthetic/{name}/rel_error", "error",
             synthetic.relative_error(fn().grad.numpy(), exact))
         mem = measure_memory(fn)
         put(f"synthetic/{name}/peak_bytes", "bytes", mem.peak_bytes)
         put(f"synthetic/{name}/graph_bytes", "bytes", mem.graph_bytes)
+    if methods is not None:
+        return metrics
 
     torch.manual_seed(0)
     tasks, theta = cnn_tasks(n_way=20, k_shot=5)
@@ -136,6 +141,9 @@ def main(argv=None) -> int:
     parser.add_argument("--add", action="store_true",
                         help="add this run's metrics that the baseline lacks (a newly "
                         "registered method's), keeping every existing baseline")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None,
+                        help="gate (or --add) only these registered methods' synthetic "
+                        "metrics (default: every metric)")
     parser.add_argument("--baseline", type=Path, default=BASELINE,
                         help="baseline JSON file (default: results/baselines/regress.json)")
     args = parser.parse_args(argv)
@@ -146,7 +154,10 @@ def main(argv=None) -> int:
                      "choose one")
     if args.add and not args.baseline.exists():
         parser.error(f"--add: no baseline at {args.baseline} to add to (use --update once)")
-    now = measure()
+    if args.update and args.methods:
+        parser.error("--update replaces the whole baseline: it takes no --methods "
+                     "(use --add --methods to record a new method's)")
+    now = measure(args.methods)
     if args.update or args.add:
         prov = provenance(device="cpu", dtype="float64", threads=torch.get_num_threads(), seed=0)
         record = {"provenance": prov, "metrics": now}

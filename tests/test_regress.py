@@ -44,17 +44,17 @@ def test_gate_exits_nonzero_on_regression(tmp_path, monkeypatch, capsys):
     path.write_text(json.dumps({"provenance": {}, "metrics": BASE}))
     worse = {k: dict(v) for k, v in BASE.items()}
     worse["b"]["value"] = 2000.0
-    monkeypatch.setattr(regress, "measure", lambda: worse)
+    monkeypatch.setattr(regress, "measure", lambda methods=None: worse)
     assert regress.main(["--baseline", str(path)]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "2 passed, 1 failed" in out
-    monkeypatch.setattr(regress, "measure", lambda: BASE)
+    monkeypatch.setattr(regress, "measure", lambda methods=None: BASE)
     assert regress.main(["--baseline", str(path)]) == 0
 
 
 def test_update_is_explicit(tmp_path, monkeypatch):
     path = tmp_path / "base.json"
-    monkeypatch.setattr(regress, "measure", lambda: BASE)
+    monkeypatch.setattr(regress, "measure", lambda methods=None: BASE)
     with pytest.raises(SystemExit, match="--update"):
         regress.main(["--baseline", str(path)])
     assert not path.exists()                       # comparing never writes a baseline
