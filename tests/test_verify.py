@@ -1,5 +1,6 @@
 """suite.verify against code written outside the suite: correct plain-PyTorch MAML and iMAML,
 higher's and torchopt's, and deliberately broken versions, each diagnosed by name."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 
 from examples.verify import plain
 from suite.verify import VerificationError, check, judge
-from tests import verify_samples as bad
+from examples.verify import broken as bad
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,9 +79,32 @@ def test_cli_report_card_and_exit_status(tmp_path):
     assert "PASS" in r.stdout and (tmp_path / "report.md").exists()
     assert (tmp_path / "report.png").exists() and "memory grows by" in r.stdout
     r = subprocess.run([sys.executable, "-m", "suite.verify",
-                        "tests.verify_samples:maml_one_step_short", "--claims", "maml",
+                        "examples/verify/broken.py:maml_one_step_short", "--claims", "maml",
                         "--no-cost"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "one step fewer" in r.stdout
     r = subprocess.run([sys.executable, "-m", "suite.verify", "no_such_module:f"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot be imported" in r.stderr
+
+
+def _same(shown: str, printed: str) -> bool:
+    """Equal text; numbers equal to their printed digits, except rounding-level ones (< 1e-12
+    on both sides: a float64 difference whose digits depend on the BLAS build)."""
+    num = r"-?\d+\.\d+(?:e[+-]\d+)?"
+    if re.sub(num, "#", shown) != re.sub(num, "#", printed):
+        return False
+    for a, b in zip(re.findall(num, shown), re.findall(num, printed)):
+        if not (a == b or (abs(float(a)) < 1e-12 and abs(float(b)) < 1e-12)):
+            return False
+    return True
+
+
+def test_readme_verify_command_prints_what_the_readme_shows():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Verify your own meta-gradient")[1].split("\n## ")[0]
+    command = re.search(r"```sh\n(python -m suite.verify .*?)\n```", section).group(1)
+    shown = re.search(r"prints \(exit status (\d)\)\n\n```\n(.*?)\n```", section, re.S)
+    r = subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == int(shown.group(1))
+    assert any(_same(shown.group(2), line) for line in r.stdout.splitlines()), r.stdout[:800]

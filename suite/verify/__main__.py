@@ -21,6 +21,7 @@ def load(parser, spec: str):
     if ":" not in spec:
         parser.error(f"{spec}: give MODULE:FUNCTION (e.g. my_maml:maml or path/to/file.py:maml)")
     module_name, _, attr = spec.rpartition(":")
+    sys.path.insert(0, str(Path.cwd()))   # the user's own modules, as `python -m` finds them
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -31,7 +32,6 @@ def load(parser, spec: str):
             sys.modules[path.stem] = module
             loader.loader.exec_module(module)
         else:
-            sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(module_name)
     except ImportError as err:
         parser.error(f"{module_name}: cannot be imported ({err})")

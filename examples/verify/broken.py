@@ -1,8 +1,12 @@
-"""Broken meta-gradient code for tests/test_verify.py: each carries one fault seen in the wild."""
+"""Broken meta-gradient code, each with one fault seen in the wild, for trying suite.verify
+(tests/test_verify.py checks that each is diagnosed by name):
+
+    python -m suite.verify examples/verify/broken.py:maml_first_order --claims maml
+"""
 import torch
 from torch.func import functional_call
 
-from examples.verify import plain  # noqa: F401  (importable: tests run from the repo root)
+from examples.verify import plain
 from examples.verify.plain import _loss
 
 
