@@ -15,6 +15,7 @@ the peer's time at meta-batch 16; per task: no slower than higher).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
@@ -63,18 +64,14 @@ def higher_maml(tasks, theta, *, steps: int, lr: float) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
-def torchopt_imaml(tasks, theta, *, lam: float, steps: int, lr: float, cg_steps: int,
-                   rtol: float = 1e-5) -> torch.Tensor:
-    """Mean iMAML meta-gradient with torchopt.diff.implicit.custom_root and its CG solve
-    (GD inner loop on G, optimality grad G = 0)."""
+def torchopt_root(f, *, lam: float, steps: int, lr: float, cg_steps: int, rtol: float):
+    """torchopt's implicit differentiation around GD on G = f + lam/2 |phi - th|^2:
+    ``solve(phi0, th, x, y) -> phi`` by ``steps`` of GD, differentiable in ``th`` through
+    torchopt.diff.implicit.custom_root (optimality grad G = 0) and its CG solve."""
     import torchopt
-    model, layout = tasks[0].module, tasks[0]
-
-    def loss(phi, x, y):
-        return layout.loss(functional_call(model, layout.unflatten(phi), (x,)), y)
 
     def optimality(phi, th, x, y):
-        return grad(loss)(phi, x, y) + lam * (phi - th)
+        return grad(f)(phi, x, y) + lam * (phi - th)
 
     @torchopt.diff.implicit.custom_root(
         optimality, argnums=1,
@@ -82,13 +79,32 @@ def torchopt_imaml(tasks, theta, *, lam: float, steps: int, lr: float, cg_steps:
     def solve(phi0, th, x, y):
         phi, th = phi0.detach(), th.detach()
         for _ in range(steps):
-            phi = phi - lr * (grad(loss)(phi, x, y) + lam * (phi - th))
+            phi = phi - lr * (grad(f)(phi, x, y) + lam * (phi - th))
         return phi
+    return solve
 
-    th = theta.detach().clone().requires_grad_(True)
-    with warnings.catch_warnings():   # torchopt 0.7.3 calls the deprecated functorch.vjp
+
+@contextlib.contextmanager
+def quiet_torchopt():
+    """torchopt 0.7.3 calls the deprecated functorch.vjp: its warnings, silenced."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=FutureWarning)
         warnings.simplefilter("ignore", category=UserWarning)
+        yield
+
+
+def torchopt_imaml(tasks, theta, *, lam: float, steps: int, lr: float, cg_steps: int,
+                   rtol: float = 1e-5) -> torch.Tensor:
+    """Mean iMAML meta-gradient with torchopt.diff.implicit.custom_root and its CG solve
+    (GD inner loop on G, optimality grad G = 0)."""
+    model, layout = tasks[0].module, tasks[0]
+
+    def loss(phi, x, y):
+        return layout.loss(functional_call(model, layout.unflatten(phi), (x,)), y)
+
+    solve = torchopt_root(loss, lam=lam, steps=steps, lr=lr, cg_steps=cg_steps, rtol=rtol)
+    th = theta.detach().clone().requires_grad_(True)
+    with quiet_torchopt():
         for task in tasks:
             phi = solve(th.detach().clone(), th, *task.support)
             (loss(phi, *task.query) / len(tasks)).backward()

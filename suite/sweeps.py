@@ -293,8 +293,8 @@ def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int 
             lambda task=task, theta=theta: hvp_at(task.train_loss, theta))
         _, gn = gauss_newton_at(task.train_outputs, task.train_output_loss, theta)
         fns[(bn, "Gauss-Newton product")] = lambda p=gn, v=v: p(v)
-        for method in ("fomaml", "imaml"):
-            options = {"cg_steps": cg_steps, "hvp": "reverse"} if method == "imaml" else {}
+        for method, options in (("fomaml", {}),
+                                ("imaml", {"cg_steps": cg_steps, "hvp": "reverse"})):
             fns[(bn, method)] = (lambda m=method, o=options, task=task, theta=theta: meta_gradient(
                 m, task, theta, lam=lam, solver=GD(steps, lr), **o))
     t = time_calls(fns, repeats=repeats, threads=threads, warmup=2)

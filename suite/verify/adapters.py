@@ -8,11 +8,11 @@ problem: ``steps`` of SGD at ``lr`` on L_support + lam/2 |phi - theta|^2.
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad
+from torch.func import functional_call
+
+from ..peers import quiet_torchopt, torchopt_root
 
 
 def make_higher_maml(loss=F.cross_entropy):
@@ -36,7 +36,6 @@ def make_torchopt_imaml(loss=F.cross_entropy, cg_steps: int = 50, rtol: float = 
     def torchopt_imaml(model, support, query, *, steps, lr, lam):
         """iMAML with torchopt.diff.implicit.custom_root: optimality grad G(phi) = 0, its
         linear system solved by torchopt's CG."""
-        import torchopt
         names, params = zip(*model.named_parameters())
         sizes = [p.numel() for p in params]
 
@@ -44,22 +43,9 @@ def make_torchopt_imaml(loss=F.cross_entropy, cg_steps: int = 50, rtol: float = 
             views = [v.view_as(p) for v, p in zip(torch.split(phi, sizes), params)]
             return loss(functional_call(model, dict(zip(names, views)), (x,)), y)
 
-        def optimality(phi, th, x, y):
-            return grad(f)(phi, x, y) + lam * (phi - th)
-
-        @torchopt.diff.implicit.custom_root(
-            optimality, argnums=1,
-            solve=torchopt.linear_solve.solve_cg(maxiter=cg_steps, rtol=rtol))
-        def solve(phi0, th, x, y):
-            phi, th = phi0.detach(), th.detach()
-            for _ in range(steps):
-                phi = phi - lr * (grad(f)(phi, x, y) + lam * (phi - th))
-            return phi
-
+        solve = torchopt_root(f, lam=lam, steps=steps, lr=lr, cg_steps=cg_steps, rtol=rtol)
         th = torch.cat([p.detach().reshape(-1) for p in params]).requires_grad_(True)
-        with warnings.catch_warnings():   # torchopt 0.7.3 calls the deprecated functorch.vjp
-            warnings.simplefilter("ignore", category=FutureWarning)
-            warnings.simplefilter("ignore", category=UserWarning)
+        with quiet_torchopt():
             phi = solve(th.detach().clone(), th, *support)
             g, = torch.autograd.grad(f(phi, *query), th)
         return [v.view_as(p) for v, p in zip(torch.split(g, sizes), params)]
