@@ -112,6 +112,30 @@ def maml(bt, theta, *, lam, steps, lr, chunk_size, stats):
         theta, bt.xs, bt.ys, bt.xq, bt.yq).mean(0)
 
 
+def maml_mixed(bt, theta, *, lam, steps, lr, chunk_size, stats, hvp="auto"):
+    """The batched form of ``"maml-mixed"``: every task's iterates kept (B x (K + 1) vectors,
+    no graph), each step's VJP v - lr (H v + lam v) by a forward-over-reverse product mapped
+    over the tasks: one step's product at a time instead of every task's unrolled graph.
+    vmap cannot keep a reverse graph per task, so ``hvp`` has no effect here."""
+    inner_step = lambda p, xs, ys: p - lr * (grad(bt.task_loss)(p, xs, ys)   # noqa: E731
+                                             + lam * (p - theta))
+    phis = [theta.expand(bt.xs.shape[0], -1)]
+    for _ in range(steps):
+        phis.append(vmap(inner_step, chunk_size=chunk_size)(phis[-1], bt.xs, bt.ys).detach())
+    v = vmap(grad(bt.task_loss), chunk_size=chunk_size)(phis.pop(), bt.xq, bt.yq)
+    g_theta = torch.zeros_like(v)
+
+    def hvp_one(p, u, xs, ys):
+        return jvp(lambda q: grad(bt.task_loss)(q, xs, ys), (p,), (u,))[1]
+    for phi in reversed(phis):
+        g_theta = g_theta + lr * lam * v
+        v = v - lr * (vmap(hvp_one, chunk_size=chunk_size)(phi, v, bt.xs, bt.ys) + lam * v)
+        del phi
+    stats.hvps = steps * bt.xs.shape[0]
+    stats.grad_evals += steps * bt.xs.shape[0]   # each product's gradient
+    return (g_theta + v).mean(0)
+
+
 def _adapted(bt, theta, lam, steps, lr, chunk_size):
     """(phi per task, grad L_test at each phi)."""
     phi = vmap(_inner_fn(bt, lam, steps, lr), in_dims=(None, 0, 0),

@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from suite import METHODS, claims, table1  # noqa: E402
 from suite.checks import HelpFormatter, check_device  # noqa: E402
-from suite.results import ResultsStore, pin_commit  # noqa: E402
+from suite.results import ResultsStore, pin_commit, write_csv_atomic  # noqa: E402
 from suite.sweeps import (PAPER_METHODS, cost_points, error_points, hvp_cost,  # noqa: E402
                           run_sweep)
 from suite.workloads import synthetic_workload  # noqa: E402
@@ -55,6 +55,8 @@ SCALES = {
         fig2a=dict(kappa=1e3, steps=[10, 30, 100, 300, 1000, 3000, 10000],
                    cg=[2, 5, 20, 50], truncate=[10], panels=[(50, 4), (20, 40)]),
         fig2b=dict(steps=[1, 2, 4, 8, 16], repeats=4),
+        frontier=dict(steps=[1, 2, 4, 8, 16, 32, 64], at=[16, 64], repeats=3, kappa=100.0,
+                      dim=20),
         table1=dict(kappas=[10.0, 100.0, 1000.0], deltas=[1e-2, 1e-3, 1e-4], dim=20,
                     cap=200_000),
         neumann=dict(kappa=100.0, dim=40, iterations=[1, 2, 5, 10, 20, 40, 100, 200, 500])),
@@ -63,6 +65,8 @@ SCALES = {
                                      300000],
                    cg=[2, 5, 20, 100], truncate=[10, 100], panels=[(100, 4), (50, 100)]),
         fig2b=dict(steps=[1, 2, 4, 8, 16, 25], repeats=5),
+        frontier=dict(steps=[1, 2, 4, 8, 16, 32, 64, 100], at=[16, 64, 100], repeats=5,
+                      kappa=100.0, dim=20),
         table1=dict(kappas=[10.0, 100.0, 1000.0, 10000.0],
                     deltas=[1e-2, 1e-4, 1e-6, 1e-8], dim=20, cap=2_000_000),
         neumann=dict(kappa=1000.0, dim=100, iterations=[1, 2, 5, 10, 20, 50, 100, 200, 500,
@@ -71,16 +75,23 @@ SCALES = {
     "smoke": dict(
         fig2a=dict(kappa=10.0, steps=[10, 30], cg=[5], truncate=[5], panels=[(8, 16)]),
         fig2b=dict(steps=[1, 2], repeats=1),
+        frontier=dict(steps=[1, 2, 4], at=[2, 4], repeats=1, kappa=10.0, dim=8),
         table1=dict(kappas=[10.0, 100.0], deltas=[1e-2, 1e-3], dim=8, cap=20_000),
         neumann=dict(kappa=10.0, dim=8, iterations=[1, 2, 5])),
 }
 LAM = 1.0
 OUTPUTS = {"fig2a": "figure2a", "fig2b": "figure2b", "table1": "table1",
-           "neumann": "linear_solvers"}
+           "neumann": "linear_solvers", "frontier": "frontier"}
+# Figure 2b shows the paper's methods and the exact low-memory forms of MAML; the frontier
+# compares every exact method against iMAML and FOMAML.
+FIG2B_METHODS = (*PAPER_METHODS, "maml-checkpoint", "maml-mixed")
+FRONTIER_METHODS = ("maml", "maml-checkpoint", "maml-mixed", "imaml", "fomaml")
 STYLE = {"maml": ("MAML (GD + backprop)", "C3", "o"), "fomaml": ("FOMAML", "C7", "s"),
          "truncated": ("truncated backprop", "C1", "v"), "imaml": ("iMAML", "C0", "D"),
-         "reptile": ("Reptile (θ - φ)", "C6", "P")}
-LINESTYLE = {"fomaml": "--", "truncated": ":"}
+         "reptile": ("Reptile (θ - φ)", "C6", "P"),
+         "maml-checkpoint": ("MAML, checkpointed (√K segments)", "C9", "^"),
+         "maml-mixed": ("MAML, mixed mode", "C2", "X")}
+LINESTYLE = {"fomaml": "--", "truncated": ":", "maml-checkpoint": "-.", "maml-mixed": "-."}
 _MARKERS = "XP*^<>hp"
 
 
@@ -188,7 +199,7 @@ def plot_fig2a(frame: pd.DataFrame) -> Path:
 
 
 # --------------------------------------------------------------------------- Figure 2b
-def run_fig2b(cfg, device, quiet, methods=PAPER_METHODS) -> pd.DataFrame:
+def run_fig2b(cfg, device, quiet, methods=FIG2B_METHODS) -> pd.DataFrame:
     points = cost_points(workload="cnn", methods=list(methods),
                          steps_list=cfg["steps"], cg_list=[5], truncate_list=[5], device=device)
     # Every method at one step count is timed together: their ratios come from one run.
@@ -225,6 +236,58 @@ def plot_fig2b(frame: pd.DataFrame) -> Path:
                  f"images\n({info})", fontsize=10)
     fig.tight_layout()
     return save(fig, "figure2b")
+
+
+# --------------------------------------------------------------------------- the frontier
+def run_frontier(cfg, device, quiet, methods=FRONTIER_METHODS) -> pd.DataFrame:
+    """Peak bytes and time of each method on the CNN against K (every method at one K timed
+    in one interleaved group), and each method's meta-gradient error on the synthetic problem
+    (float64) at the K of the panels: one CSV, the rows told apart by ``workload``."""
+    cost = sweep_to("frontier_cost", cost_points(workload="cnn", methods=list(methods),
+                                                  steps_list=cfg["steps"], cg_list=[5],
+                                                  device=device),
+                    quiet=quiet, repeats=cfg["repeats"], interleave=("inner_steps",))
+    error = sweep_to("frontier_error", error_points(
+        methods=list(methods), steps_list=cfg["at"], cg_list=[5], kappas=[cfg["kappa"]],
+        lam=LAM, dim=cfg["dim"], device=device), quiet=quiet, repeats=0, memory=False)
+    frame = pd.concat([cost, error], ignore_index=True)
+    write_csv_atomic(frame, _dir("results") / "frontier.csv")
+    for name in ("frontier_cost", "frontier_error"):   # their rows live on in frontier.csv
+        (_dir("results") / f"{name}.csv").unlink(missing_ok=True)
+    return frame
+
+
+def plot_frontier(frame: pd.DataFrame) -> Path:
+    cost = frame[(frame.workload == "cnn") & (frame.status == "ok")]
+    error = frame[(frame.workload == "synthetic") & (frame.status == "ok")]
+    panels = sorted(int(k) for k in error.inner_steps.unique() if k in set(cost.inner_steps))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False)
+    for ax, k in zip(axes[0], panels):
+        at, err_at = cost[cost.inner_steps == k], error[error.inner_steps == k]
+        for r in at.itertuples():
+            label, color, marker = style(r.method)
+            e = err_at[err_at.method == r.method].rel_error
+            ax.plot(r.time_s, r.peak_bytes / 2**20, marker=marker, color=color, ms=9, ls="",
+                    label=label)
+            ax.annotate(f"{r.method}\nerror {e.iloc[0]:.1e}" if len(e) else r.method,
+                        (r.time_s, r.peak_bytes / 2**20), textcoords="offset points",
+                        xytext=(7, 4), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("time per meta-gradient [s] (median)")
+        ax.set_ylabel("peak live tensor memory [MiB]")
+        ax.set_title(f"K = {k} inner steps", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    info = config_text(cost, *[k for k in ("n_way", "k_shot", "lam", "lr", "dtype", "batchnorm",
+                                           "device_name", "threads") if k in cost])
+    kappa = error.kappa.iloc[0] if len(error) else float("nan")
+    fig.suptitle("The memory frontier: exact MAML (backprop, checkpointed, mixed mode) against "
+                 f"iMAML and FOMAML, 4-layer CNN\n({info}); error: relative, against "
+                 f"d/dθ L_test(Alg*(θ)) on the synthetic task (κ = {kappa:g}, float64)",
+                 fontsize=9)
+    fig.tight_layout()
+    return save(fig, "frontier")
 
 
 # --------------------------------------------------------------------------- Table 1
@@ -352,9 +415,11 @@ def main(argv=None) -> int:
                         help="which outputs to make")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--methods", nargs="+", default=list(PAPER_METHODS),
+    parser.add_argument("--methods", nargs="+", default=None,
                         choices=[m for m, s in METHODS.items() if not s.needs_dense],
-                        help="registered methods in Figures 2a and 2b (plugins included)")
+                        help="registered methods in Figures 2a and 2b (plugins included; "
+                        f"default: {', '.join(PAPER_METHODS)} in 2a, and "
+                        f"{', '.join(FIG2B_METHODS[len(PAPER_METHODS):])} too in 2b)")
     parser.add_argument("--out", type=Path, default=ROOT,
                         help="folder whose results/ and reports/ receive the outputs")
     args = parser.parse_args(argv)
@@ -375,11 +440,15 @@ def main(argv=None) -> int:
                 raise SystemExit(f"--from-results: {csv} does not exist; run without it first")
             frame = pd.read_csv(csv)
         elif what == "fig2a":
-            frame = run_fig2a(cfg["fig2a"], args.device, args.quiet, args.methods)
+            frame = run_fig2a(cfg["fig2a"], args.device, args.quiet,
+                              args.methods or PAPER_METHODS)
         elif what == "fig2b":
-            frame = run_fig2b(cfg["fig2b"], args.device, args.quiet, args.methods)
+            frame = run_fig2b(cfg["fig2b"], args.device, args.quiet,
+                              args.methods or FIG2B_METHODS)
         elif what == "neumann":
             frame = run_neumann(cfg["neumann"], args.device)
+        elif what == "frontier":
+            frame = run_frontier(cfg["frontier"], args.device, args.quiet)
         else:
             frame = run_table1(cfg["table1"], args.device, args.quiet, threads)
         if what == "fig2a":
@@ -388,6 +457,9 @@ def main(argv=None) -> int:
         elif what == "fig2b":
             out = plot_fig2b(frame)
             summary += [f"Figure 2b -> {_show(out)}"] + claims.figure2b(frame)
+        elif what == "frontier":
+            out = plot_frontier(frame)
+            summary += [f"The frontier -> {_show(out)}"] + claims.frontier(frame)
         elif what == "neumann":
             out = plot_neumann(frame)
             summary += [f"CG vs Neumann -> {_show(out)}"] + claims.linear_solvers(frame)

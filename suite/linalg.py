@@ -341,7 +341,15 @@ def forward_over_reverse_at(loss_fn: Callable[[torch.Tensor], torch.Tensor], phi
     g = grad(loss_fn)
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
-        return jvp(g, (phi,), (v,))[1]
+        try:
+            return jvp(g, (phi,), (v,))[1]
+        except RuntimeError as err:
+            if "ZeroTensors are immutable" not in str(err):
+                raise
+            raise RuntimeError(
+                "the forward-over-reverse Hessian product fails on this loss: PyTorch's "
+                "forward-mode formula of F.mse_loss(reduction='mean') mutates a zero tangent "
+                "(pytorch/pytorch#123996, open in torch 2.13); use hvp='reverse'") from err
 
     return g(phi).detach(), hvp
 

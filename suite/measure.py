@@ -61,7 +61,10 @@ class LiveBytes(TorchDispatchMode):
             self._saved_bytes[key] = self.live[key]
             self.graph_current += self.live[key]
             self.graph_peak = max(self.graph_peak, self.graph_current)
-        return tensor
+        # A detached alias, not the tensor itself: a saved output packed as itself would hold
+        # its own grad_fn (a cycle through C++ that Python's collector cannot see), so a graph
+        # built and dropped inside the block would stay counted as live.
+        return tensor.detach()
 
     def __enter__(self):
         self._saved_bytes: dict[int, int] = {}

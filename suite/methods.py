@@ -19,11 +19,10 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .curvature import Curvature, gauss_newton_at
-from .linalg import hvp_product, solve_implicit
 from .checks import check_finite, check_lam, check_scalar
-from .curvature import CURVATURES
-from .linalg import BREAKDOWN_POLICIES, HVP_PRODUCTS, LINEAR_SOLVERS
+from .curvature import CURVATURES, Curvature, gauss_newton_at
+from .linalg import (BREAKDOWN_POLICIES, HVP_PRODUCTS, LINEAR_SOLVERS, hvp_product,
+                     solve_implicit)
 from .registry import METHODS, Method, Option, get_method, register_method
 from .solvers import InnerProblem, backtracking_step, run_solver
 from .tasks import num_parameters
@@ -149,6 +148,37 @@ def truncated(task, theta, *, lam, solver, truncate, lam_grad=False):
     kept steps: with lam = 0 and truncate < steps the meta-gradient is exactly zero.
     """
     return _unrolled(task, theta, lam, solver, truncate, lam_grad)
+
+
+def _low_memory(run, theta, lam, unroll: int, lam_grad: bool) -> MetaGradient:
+    bw, fwd, result, phi = run
+    stats = Stats(inner_steps=result.steps, inner_converged=result.converged,
+                  inner_message=result.message,
+                  grad_evals=fwd.grad_evals + bw.problem.grad_evals,
+                  loss_evals=fwd.loss_evals + bw.problem.loss_evals, hvps=unroll)
+    return MetaGradient(bw.g_theta, stats, phi,
+                        _lam_result(lam, bw.g_lam, theta) if lam_grad else None)
+
+
+def maml_checkpoint(task, theta, *, lam, solver, segments=None, lam_grad=False):
+    """MAML's meta-gradient by gradient checkpointing through the inner loop: the state is
+    kept at the start of each of ``segments`` segments (default ceil(sqrt K)); the backward
+    pass recomputes one segment's graph at a time. Memory O(K/s + s) steps' graphs."""
+    segments = segments or math.ceil(math.sqrt(solver.steps))
+    segment = math.ceil(solver.steps / segments)
+    run = low_memory.backprop(task, theta, lam, solver, unroll=solver.steps, segment=segment,
+                          lam_grad=lam_grad)
+    return _low_memory(run, theta, lam, solver.steps, lam_grad)
+
+
+def maml_mixed(task, theta, *, lam, solver, hvp="auto", lam_grad=False):
+    """MAML's meta-gradient by mixed-mode differentiation (MixFlow-MG): the K + 1 iterates
+    are kept (vectors, no graph) and each step's vector-Jacobian product is taken as a
+    Hessian-vector product at its iterate, by ``hvp`` ("forward" over reverse, "reverse":
+    one step's graph at a time; "auto": ``FASTEST_HVP`` for the device)."""
+    run = low_memory.mixed(task, theta, lam, solver, unroll=solver.steps,
+                       product_at=hvp_product(hvp, theta.device), lam_grad=lam_grad)
+    return _low_memory(run, theta, lam, solver.steps, lam_grad)
 
 
 def fomaml(task, theta, *, lam, solver, lam_grad=False):
@@ -288,7 +318,7 @@ def exact(task, theta, *, lam, solver=None, max_newton=100, lam_grad=False):
                         if lam_grad else None)
 
 
-from . import batched  # noqa: E402  (its forms use MetaGradient and Stats, defined above)
+from . import batched, unroll as low_memory  # noqa: E402  (they use MetaGradient, Stats)
 
 
 def _check_curvature(value):
@@ -318,6 +348,16 @@ for _method in (
            needs_differentiable_solver=True, exact_for="truncated",
            options=(Option("truncate", "int", None, "the last steps backpropagated through",
                            low=1, axis="truncate", at_most_steps=True),)),
+    Method(name="maml-checkpoint", fn=maml_checkpoint, doc=maml_checkpoint.__doc__,
+           needs_differentiable_solver=True, exact_for="unroll", lam_grad=True,
+           options=(Option("segments", "int", None, "segments of the inner loop, each "
+                           "recomputed in the backward pass (None: ceil(sqrt K))", low=1,
+                           none_ok=True, at_most_steps=True),)),
+    Method(name="maml-mixed", fn=maml_mixed, doc=maml_mixed.__doc__,
+           needs_differentiable_solver=True, exact_for="unroll", lam_grad=True,
+           batched=batched.maml_mixed,
+           options=(Option("hvp", "choice", "auto", "each step's Hessian-vector product",
+                           choices=("auto",) + tuple(HVP_PRODUCTS)),)),
     Method(name="fomaml", fn=fomaml, doc=fomaml.__doc__, exact_for="first-order",
            batched=batched.fomaml),
     Method(name="imaml", fn=imaml, doc=imaml.__doc__, needs_positive_lam=True, lam_grad=True,

@@ -114,15 +114,37 @@ def measure(methods=None) -> dict:
     tasks, theta = cnn_tasks(n_way=20, k_shot=5)
     cnn = {m: (lambda m=m, o=o: meta_gradient(m, tasks[0], theta, lam=10.0, solver=GD(4, 0.1),
                                               **o))
-           for m, o in [("maml", {}), ("fomaml", {}), ("imaml", {"cg_steps": 5})]}
+           for m, o in CNN_RUNS.items()}
     for name, fn in cnn.items():
         put(f"cnn20w5s/{name}/peak_bytes", "bytes", measure_memory(fn).peak_bytes)
     times = time_calls(cnn, repeats=5, warmup=1)
-    put("cnn20w5s/time_ratio/imaml_over_fomaml", "ratio",
-        times["imaml"].median_s / times["fomaml"].median_s)
-    put("cnn20w5s/time_ratio/maml_over_fomaml", "ratio",
-        times["maml"].median_s / times["fomaml"].median_s)
+    for name in cnn:
+        if name != "fomaml":
+            put(f"cnn20w5s/time_ratio/{name.replace('-', '_')}_over_fomaml", "ratio",
+                times[name].median_s / times["fomaml"].median_s)
+    batched_memory(put)
     return metrics
+
+
+CNN_RUNS = {"maml": {}, "fomaml": {}, "imaml": {"cg_steps": 5}, "maml-checkpoint": {},
+            "maml-mixed": {}}
+BATCH = 16
+
+
+def batched_memory(put) -> None:
+    """Peak bytes of the batched lean MAML (maml-mixed) for a meta-batch of ``BATCH`` tasks,
+    and that peak over one task's (the target: at most BATCH + 1)."""
+    from .batched import BatchedTasks, batched_meta_gradient
+    torch.manual_seed(0)
+    tasks, theta = cnn_tasks(n_way=20, k_shot=5, n_tasks=BATCH)
+    one, many = BatchedTasks.stack(tasks[:1]), BatchedTasks.stack(tasks)
+    peak = {}
+    for name, bt in (("one", one), ("batch", many)):
+        peak[name] = measure_memory(lambda bt=bt: batched_meta_gradient(
+            "maml-mixed", bt, theta, lam=10.0, steps=4, lr=0.1), track_graph=False).peak_bytes
+    put(f"cnn20w5s/batched{BATCH}/maml-mixed/peak_bytes", "bytes", peak["batch"])
+    put(f"cnn20w5s/batched{BATCH}/maml-mixed/peak_over_one_task", "bytes",
+        peak["batch"] / peak["one"])
 
 
 def print_table(verdicts: list[Verdict]) -> None:

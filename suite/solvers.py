@@ -81,6 +81,14 @@ class InnerProblem:
                 self.grad_norm_at_theta = self.last_grad_norm
 
 
+def _hvp(problem: InnerProblem, product_at, point, v):
+    """H_train(point) v by ``product_at`` (``suite.linalg.HVP_PRODUCTS``), counted as one
+    gradient (the product's graph or tangent) and one HVP."""
+    problem.grad_evals += 1
+    problem.hvps += 1
+    return product_at(problem.task.train_loss, point.detach())[1](v)
+
+
 class InnerDivergence(ArithmeticError):
     """An inner solver diverged: its output is not finite, or the gradient grew by more than
     ``DIVERGENCE_GROWTH`` from its value at theta. Its result is never used."""
@@ -127,7 +135,9 @@ class IterativeSolver:
     differentiable = True
     steps: int
 
-    def solve(self, problem: InnerProblem, unroll: int = 0) -> InnerResult:
+    def solve(self, problem: InnerProblem, unroll: int = 0, record=None) -> InnerResult:
+        """``record(k, state)``, if given, sees the state before each step k and the last
+        state (k = steps) before ``finish`` (the low-memory MAMLs keep some of them)."""
         unroll = check_int("unroll", unroll)
         if unroll > self.steps:
             raise ValueError(f"unroll must be in [0, steps={self.steps}], got {unroll}")
@@ -135,6 +145,8 @@ class IterativeSolver:
         # Unrolling every step starts from theta itself, so that dphi_0/dtheta = I.
         state = self.init(theta if unroll == self.steps else theta.detach())
         for k in range(self.steps):
+            if record is not None:
+                record(k, state)
             graph = k >= self.steps - unroll
             if graph and k == self.steps - unroll and unroll < self.steps:
                 state = tuple(s.detach().requires_grad_(True) for s in state)
@@ -143,6 +155,8 @@ class IterativeSolver:
             else:
                 with torch.no_grad():
                     state = self.step(problem, state, False)
+        if record is not None:
+            record(self.steps, state)
         with torch.enable_grad() if unroll else torch.no_grad():
             state = self.finish(problem, state, bool(unroll))
         return InnerResult(self.output(state), self.steps)
@@ -168,6 +182,15 @@ class GD(IterativeSolver):
     def output(self, state):
         return state[0]
 
+    def step_vjp(self, problem, state, cotangent, product_at):
+        """(state cotangent, theta's, lam's) of one step: phi' = phi - lr (grad L(phi) +
+        lam (phi - theta)) has the symmetric Jacobian I - lr (H + lam), so the state's is
+        v - lr (H v + lam v), H v by ``product_at`` at phi."""
+        (phi,), (v,) = state, cotangent
+        hv = _hvp(problem, product_at, phi, v)
+        lam, theta = problem.lam, problem.theta.detach()
+        return (v - self.lr * (hv + lam * v),), self.lr * lam * v, -self.lr * (phi - theta) * v
+
     def __repr__(self):
         return f"GD(steps={self.steps}, lr={self.lr:g})"
 
@@ -187,6 +210,12 @@ class PullBackGD(GD):
         phi, = state
         theta = problem.theta if create_graph else problem.theta.detach()
         return (phi - self.lr * problem.lam * (phi - theta),)
+
+    def step_vjp(self, problem, state, cotangent, product_at):
+        """phi' = phi - lr grad L_train(phi): Jacobian I - lr H; theta and lam not used."""
+        (phi,), (v,) = state, cotangent
+        zero = torch.zeros_like(v)
+        return (v - self.lr * _hvp(problem, product_at, phi, v),), zero, zero
 
     def __repr__(self):
         return f"PullBackGD(steps={self.steps}, lr={self.lr:g})"
@@ -222,6 +251,16 @@ class NesterovAGD(IterativeSolver):
 
     def output(self, state):
         return state[0]
+
+    def step_vjp(self, problem, state, cotangent, product_at):
+        """phi' = y - lr grad G(y), y' = (1 + m) phi' - m phi: with a = v_phi' + (1 + m) v_y',
+        the cotangents are v_phi = -m v_y', v_y = a - lr (H(y) a + lam a); theta's lr lam a."""
+        (_, y), (v_phi, v_y) = state, cotangent
+        a = v_phi + (1 + self.momentum) * v_y
+        lam, theta = problem.lam, problem.theta.detach()
+        ha = _hvp(problem, product_at, y, a)
+        return ((-self.momentum * v_y, a - self.lr * (ha + lam * a)), self.lr * lam * a,
+                -self.lr * (y - theta) * a)
 
     def __repr__(self):
         return f"NesterovAGD(steps={self.steps}, lr={self.lr:g}, momentum={self.momentum:g})"

@@ -33,9 +33,10 @@ class Row:
 
     label: str
     compute_exponent: float   # theory: compute ~ kappa^e log(D/delta)
-    memory_exponent: float    # theory: memory ~ kappa^e (times logs)
+    memory_exponent: float    # theory: graph bytes (saved for backward) ~ kappa^e (times logs)
     method: str = "maml"
     solver: str = "gd"
+    peak_exponent: float | None = None   # theory: peak live bytes, where it differs
 
     @property
     def axis_option(self):
@@ -47,6 +48,11 @@ ROWS = {
     "maml_agd": Row("MAML (Nesterov AGD + full back-prop)", 0.5, 0.5, "maml", "nesterov-agd"),
     "truncated_gd": Row("Truncated back-prop (GD)", 1.0, 1.0, "truncated", "gd"),
     "imaml": Row("Implicit MAML (AGD inner solve + CG)", 0.5, 0.0, "imaml", "nesterov-agd"),
+    # K = O(kappa log) steps; sqrt(K) segments keep sqrt(K) states and one segment's graphs
+    "maml_ckpt_gd": Row("MAML, checkpointed (GD, √K segments)", 1.0, 0.5, "maml-checkpoint",
+                        "gd", 0.5),
+    # every iterate kept (K parameter vectors), one step's graph at a time
+    "maml_mixed_gd": Row("MAML, mixed mode (GD)", 1.0, 0.0, "maml-mixed", "gd", 1.0),
 }
 EXPONENT_TOLERANCE = 0.15
 

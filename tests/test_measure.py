@@ -121,3 +121,26 @@ def test_torch_func_code_is_measured_without_graph_hooks():
         measure_memory(lambda: f(x))
     figures = measure_memory(lambda: f(x), track_graph=False)
     assert figures.graph_bytes == 0 and figures.peak_bytes >= 4000   # at least the result
+
+
+def test_a_graph_built_and_dropped_inside_the_meter_is_freed():
+    """Products on a kept gradient graph (retain_graph=True), built and dropped K times, as
+    mixed-mode MAML does: the live bytes return to what the results hold. Packing a saved
+    output as itself would keep each graph alive (a cycle through its grad_fn) and count
+    K graphs."""
+    from suite.linalg import hvp_at
+    from suite.measure import LiveBytes
+    torch.manual_seed(0)
+    w = torch.randn(64, 64, dtype=torch.float64)
+    x = torch.randn(128, 64, dtype=torch.float64)
+    loss = lambda p: torch.tanh(x @ (w * p.view(64, 64))).pow(2).sum()   # noqa: E731
+    theta, v = torch.randn(64 * 64, dtype=torch.float64), torch.randn(64 * 64,
+                                                                     dtype=torch.float64)
+    peaks = []
+    for k in (1, 4):
+        with LiveBytes() as live:
+            for _ in range(k):
+                hvp_at(loss, theta)[1](v)
+        peaks.append(live.peak)
+        assert live.current == 0
+    assert peaks[0] == peaks[1]
