@@ -140,14 +140,26 @@ def maml(task, theta, *, lam, solver, lam_grad=False):
     return _unrolled(task, theta, lam, solver, solver.steps, lam_grad)
 
 
-def truncated(task, theta, *, lam, solver, truncate, lam_grad=False):
+def truncated(task, theta, *, lam, solver, truncate, memory="graph", lam_grad=False):
     """Backpropagation through the last ``truncate`` steps only (Shaban et al. 2019).
 
     The iterate before them is treated as a constant; ``truncate = steps`` is ``maml``.
     theta then reaches the result only through the proximal term lam (phi - theta) of the
     kept steps: with lam = 0 and truncate < steps the meta-gradient is exactly zero.
+    ``memory``: "graph" keeps the kept steps' graphs (as ``maml``); "checkpoint" and
+    "mixed" take the same gradient as ``maml-checkpoint`` and ``maml-mixed`` do (the same
+    code, over the last ``truncate`` steps).
     """
-    return _unrolled(task, theta, lam, solver, truncate, lam_grad)
+    if memory == "graph":
+        return _unrolled(task, theta, lam, solver, truncate, lam_grad)
+    if memory == "checkpoint":
+        segment = math.ceil(truncate / math.ceil(math.sqrt(truncate)))
+        run = low_memory.backprop(task, theta, lam, solver, unroll=truncate, segment=segment,
+                                  lam_grad=lam_grad)
+    else:
+        run = low_memory.mixed(task, theta, lam, solver, unroll=truncate,
+                               product_at=hvp_product("auto", theta.device), lam_grad=lam_grad)
+    return _low_memory(run, theta, lam, truncate, lam_grad)
 
 
 def _low_memory(run, theta, lam, unroll: int, lam_grad: bool) -> MetaGradient:
@@ -347,7 +359,10 @@ for _method in (
     Method(name="truncated", fn=truncated, doc=truncated.__doc__, lam_grad=True,
            needs_differentiable_solver=True, exact_for="truncated",
            options=(Option("truncate", "int", None, "the last steps backpropagated through",
-                           low=1, axis="truncate", at_most_steps=True),)),
+                           low=1, axis="truncate", at_most_steps=True),
+                    Option("memory", "choice", "graph", "how the kept steps are "
+                           "differentiated: their graphs, checkpointed, or mixed mode",
+                           choices=("graph", "checkpoint", "mixed")))),
     Method(name="maml-checkpoint", fn=maml_checkpoint, doc=maml_checkpoint.__doc__,
            needs_differentiable_solver=True, exact_for="unroll", lam_grad=True,
            options=(Option("segments", "int", None, "segments of the inner loop, each "

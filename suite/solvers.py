@@ -440,8 +440,9 @@ def for_tasks(solver, tasks) -> list:
 
 
 def _agd(steps, lr, momentum=0.9, kappa=None):
-    if kappa is not None:
-        return NesterovAGD.for_condition(steps, 1.0 / lr, kappa)
+    if kappa is not None:   # for_condition's momentum at this lr itself (not 1 / (1 / lr))
+        root = check_float("kappa", kappa, 1.0, low_open=False) ** 0.5
+        momentum = (root - 1.0) / (root + 1.0)
     return NesterovAGD(steps, lr, momentum)
 
 

@@ -106,3 +106,16 @@ def test_batched_mixed_equals_the_loop(tanh_cnn, lam):
     batched = batched_meta_gradient("maml-mixed", BatchedTasks.stack(tasks), theta, lam=lam,
                                     steps=5, lr=0.1)
     assert _rel(batched.grad, loop.grad) < TOL
+
+
+@pytest.mark.parametrize("memory", ["checkpoint", "mixed"])
+@pytest.mark.parametrize("truncate", [1, 3, 7])
+def test_truncated_backprop_in_the_low_memory_modes(tanh_cnn, memory, truncate):
+    task, theta = tanh_cnn
+    lam = torch.linspace(0.5, 2.0, theta.numel(), dtype=torch.float64)
+    solver = _solver("gd", 7)
+    want = meta_gradient("truncated", task, theta, lam=lam, solver=solver, truncate=truncate,
+                         lam_grad=True)
+    got = meta_gradient("truncated", task, theta, lam=lam, solver=solver, truncate=truncate,
+                        memory=memory, lam_grad=True)
+    assert _rel(got.grad, want.grad) < TOL and _rel(got.lam_grad, want.lam_grad) < TOL
