@@ -278,6 +278,14 @@ def frontier(frame: pd.DataFrame) -> list[str]:
         lines.append(f"  {m}'s peak passes iMAML's {when}; at K = {ks[-1]} it is "
                      f"{peak.loc[ks[-1], m] / peak.loc[ks[-1], 'imaml']:.2f}x iMAML's, in "
                      f"{time_.loc[ks[-1], m] / time_.loc[ks[-1], 'imaml']:.2f}x its time")
+    if {"maml-mixed", "fomaml"} <= set(time_.columns):
+        extra = [(k, time_.loc[k, "maml-mixed"] - time_.loc[k, "maml"],
+                  time_.loc[k, "fomaml"]) for k in (16, ks[-1]) if k in ks]
+        lines.append("  maml-mixed's time over backprop's: " + "; ".join(
+            f"{d:.2f} s more at K = {k}, where FOMAML's whole meta-gradient takes {f:.2f} s"
+            for k, d, f in extra) + " (mixed mode runs the inner loop once without a graph "
+            "and then, per step, a gradient with its graph and one product: backprop's work "
+            "plus FOMAML's inner loop)")
     if "maml-mixed" in peak and len(ks) >= 2:
         n_params = cost.n_params.iloc[0]
         vector = n_params * np.dtype(cost.dtype.iloc[0]).itemsize

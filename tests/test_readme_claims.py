@@ -128,6 +128,21 @@ CLAIMS = {
     "figure 2b, MAML time per step": (
         r"\((\S+)x FOMAML's time per step\)",
         lambda: [f"{slope(fig2b(), 'maml', 'time_s') / slope(fig2b(), 'fomaml', 'time_s'):.1f}"]),
+    "figure 2b, iMAML's slope": (
+        r"iMAML's slope read (\S+) ms against FOMAML's (\S+) ms per step",
+        lambda: [f"{slope(fig2b(), m, 'time_s') * 1e3:.0f}" for m in ("imaml", "fomaml")]),
+    "the frontier": (
+        r"at K = 16 its peak is (\S+) MiB, (\S+) of backprop's (\S+) MiB.*?iMAML's (\S+) MiB plus "
+        r"the 16 iterates of (\S+) MiB\), and it grows by (\S+) parameter vectors.*?one step's "
+        r"graph \((\S+) MiB\).*?not met: (\S+)x at K = 16.*?it took (\S+) s more than backprop "
+        r"at K = 16, where FOMAML's whole\s+meta-gradient takes (\S+) s \(at K = 64: (\S+) s "
+        r"more, FOMAML (\S+) s\).*?peak (\S+) of backprop's at K = 16 \(target ≤ 1/2\) and (\S+) "
+        r"at K = 64\s+\(target ≤ 1/4\), in (\S+)x and (\S+)x its time.*?backprop's peak passes "
+        r"iMAML's from K = (\d+) and is (\S+)x\s+iMAML's at K = 64; checkpointing passes it from "
+        r"K = (\d+) \((\S+)x at K = 64\); mixed mode from K = (\d+),\s+and at K = 64 it needs "
+        r"only (\S+)x iMAML's memory.*?mixed mode takes (\S+)x iMAML's time\s+at K = 64.*?its "
+        r"peak for a meta-batch of 16 is (\S+)x",
+        lambda: frontier_numbers()),
     "figure 2b, 12 GB": (
         r"for one task at 16 steps is\s+(\S+) MB \(`results/gpu/cost_cnn_20w5s_h200.csv`, with "
         r"`nn.BatchNorm2d`, CUDA's default; live\s+tensor bytes (\S+) MB, the same on the CPU "
@@ -156,6 +171,33 @@ CLAIMS = {
         r"Spearman correlation with 1/s² is (\S+) ",
         lambda: learned_lam()),
 }
+
+
+def frontier_numbers():
+    import json
+    f = read_results("frontier.csv")
+    c = f[(f.workload == "cnn") & (f.status == "ok")]
+    peak = c.pivot_table(index="inner_steps", columns="method", values="peak_bytes") / 2**20
+    t = c.pivot_table(index="inner_steps", columns="method", values="time_s")
+    vector = c.n_params.iloc[0] * 4 / 2**20
+    first = lambda m: str(next(k for k in peak.index if peak.loc[k, m] > peak.loc[k, "imaml"]))  # noqa
+    gate = json.loads((ROOT / "results" / "baselines" / "regress.json").read_text())["metrics"]
+    return [f"{peak.loc[16, 'maml-mixed']:.1f}", f"{peak.loc[16, 'maml-mixed'] / peak.loc[16, 'maml']:.3f}",
+            f"{peak.loc[16, 'maml']:.1f}", f"{peak.loc[16, 'imaml']:.1f}", f"{vector:.2f}",
+            f"{slope(c, 'maml-mixed', 'peak_bytes') / 2**20 / vector:.2f}",
+            f"{slope(c, 'maml', 'peak_bytes') / 2**20:.1f}",
+            f"{t.loc[16, 'maml-mixed'] / t.loc[16, 'maml']:.2f}",
+            f"{t.loc[16, 'maml-mixed'] - t.loc[16, 'maml']:.2f}", f"{t.loc[16, 'fomaml']:.2f}",
+            f"{t.loc[64, 'maml-mixed'] - t.loc[64, 'maml']:.2f}", f"{t.loc[64, 'fomaml']:.2f}",
+            f"{peak.loc[16, 'maml-checkpoint'] / peak.loc[16, 'maml']:.3f}",
+            f"{peak.loc[64, 'maml-checkpoint'] / peak.loc[64, 'maml']:.3f}",
+            f"{t.loc[16, 'maml-checkpoint'] / t.loc[16, 'maml']:.2f}",
+            f"{t.loc[64, 'maml-checkpoint'] / t.loc[64, 'maml']:.2f}",
+            first("maml"), f"{peak.loc[64, 'maml'] / peak.loc[64, 'imaml']:.1f}",
+            first("maml-checkpoint"), f"{peak.loc[64, 'maml-checkpoint'] / peak.loc[64, 'imaml']:.2f}",
+            first("maml-mixed"), f"{peak.loc[64, 'maml-mixed'] / peak.loc[64, 'imaml']:.2f}",
+            f"{t.loc[64, 'maml-mixed'] / t.loc[64, 'imaml']:.2f}",
+            f"{gate['cnn20w5s/batched16/maml-mixed/peak_over_one_task']['value']:.1f}"]
 
 
 def truncated_over_maml():
