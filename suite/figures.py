@@ -274,6 +274,7 @@ def plot_frontier(frame: pd.DataFrame) -> Path:
                         xytext=(7, 4), fontsize=7)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.margins(x=0.3, y=0.2)   # room for the labels beside the points
         ax.set_xlabel("time per meta-gradient [s] (median)")
         ax.set_ylabel("peak live tensor memory [MiB]")
         ax.set_title(f"K = {k} inner steps", fontsize=10)
