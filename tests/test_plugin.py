@@ -76,7 +76,8 @@ def test_plugin_in_the_gate_and_the_recipes(plugin_env, tmp_path):
     if not SHARED.exists():
         pytest.skip(f"no Omniglot archives at {SHARED}")
     r = run(plugin_env, "-m", "suite.omniglot", "train", "--recipe", "imaml-fd",
-            "--iterations", "2", "--meta-batch", "2", "--inner-steps", "2", "--eval-tasks", "5",
+            "--iterations", "2", "--meta-batch", "2", "--inner-steps", "1", "--k-query", "2",
+            "--eval-tasks", "5",
             "--quiet", "--out", str(tmp_path / "omniglot"))
     assert "imaml-fd:" in r.stdout + r.stderr and "after 2 iterations" in r.stdout + r.stderr
 

@@ -327,7 +327,7 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
         theta.grad = direction
         if layer_lam is not None:
             lam.backward(lam_grad)   # autograd's chain rule into log lam
-            info |= {"lam_min": float(lam.min()), "lam_max": float(lam.max())}
+            info |= {"lam_min": float(lam.detach().min()), "lam_max": float(lam.detach().max())}
         learner.optimizer.step()
         seconds = max(world.gather(time.perf_counter() - start))   # the slowest rank's
         learner.iteration += 1
