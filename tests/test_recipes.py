@@ -264,3 +264,30 @@ def test_layer_lam_gradient_through_adapt():
                          cg_steps=30)).backward()
     # the same float64 solve on both paths; autograd sums the same terms: ~1e-15 relative
     torch.testing.assert_close(layer.log_lam.grad, expected, rtol=1e-12, atol=0)
+
+
+def test_a_torn_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
+    """A machine that lost power while writing leaves checkpoint.pt cut short: the run says so,
+    resumes from checkpoint.prev.pt, redoes the iterations after it, and writes each
+    iteration's metrics row once; with neither loading, it starts over and says that."""
+    chars = fake_characters()
+    cfg = TrainConfig("fomaml", inner_steps=1, meta_batch=2, k_query=2, max_iterations=4,
+                      eval_tasks=2, checkpoint_every=2)
+    straight = train(cfg, chars, tmp_path / "straight")
+    train(TrainConfig(**{**cfg.as_dict(), "max_iterations": 2}), chars, tmp_path)
+    train(TrainConfig(**{**cfg.as_dict(), "max_iterations": 3}), chars, tmp_path)
+    assert (tmp_path / "checkpoint.prev.pt").exists()
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[:len(data) // 3])     # torn mid-write
+    resumed = train(cfg, chars, tmp_path)
+    err = capsys.readouterr().err
+    assert "checkpoint.pt does not load" in err and "resuming from checkpoint.prev.pt at " \
+        "iteration 2" in err
+    assert list(pd.read_csv(tmp_path / "metrics.csv").iteration) == [1, 2, 3, 4]
+    torch.testing.assert_close(resumed.theta, straight.theta, rtol=0, atol=0)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (tmp_path / name).write_bytes(b"not a zip archive")
+    again = train(cfg, chars, tmp_path)
+    assert "no checkpoint loads, starting over" in capsys.readouterr().err
+    assert again.iteration == 4
+    assert list(pd.read_csv(tmp_path / "metrics.csv").iteration) == [1, 2, 3, 4]

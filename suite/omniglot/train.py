@@ -20,6 +20,8 @@ same inner loop (where that loop is differentiable). ``curve.csv``: held-out acc
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -238,6 +240,36 @@ def _checkpoint_path(out: Path) -> Path:
     return out / "checkpoint.pt"
 
 
+def _previous_path(out: Path) -> Path:
+    return out / "checkpoint.prev.pt"
+
+
+def load_checkpoint(out: Path, say=None) -> dict | None:
+    """The newest checkpoint under ``out`` that loads: ``checkpoint.pt``, else the previous
+    one ``checkpoint.prev.pt`` (a file cut short by a crash while writing does not load), else
+    None (start over). ``say(line)`` hears which was taken and why."""
+    say = say or (lambda line: print(line, file=sys.stderr))
+    failures = []
+    for path in (_checkpoint_path(out), _previous_path(out)):
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, weights_only=False)
+            if not isinstance(state, dict) or "iteration" not in state:
+                raise ValueError("not a training checkpoint")
+        except Exception as err:   # a torn or foreign file: say so, never die in torch.load
+            failures.append(f"{path.name} does not load ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})")
+            continue
+        if failures:
+            say(f"{out}: {'; '.join(failures)}; resuming from {path.name} at iteration "
+                f"{state['iteration']}")
+        return state
+    if failures:
+        say(f"{out}: {'; '.join(failures)}; no checkpoint loads, starting over")
+    return None
+
+
 def _same_run(saved: dict, cfg: TrainConfig) -> bool:
     """Settings equal, except the resumable ones; fields added since the checkpoint was
     written take their defaults."""
@@ -256,9 +288,16 @@ def save(learner: Learner, cfg: TrainConfig, out: Path, rngs: dict, world: World
              "optimizer": learner.optimizer.state_dict(), "iteration": learner.iteration,
              "elapsed_s": learner.elapsed_s,
              "rng_state": {k: r.bit_generator.state for k, r in rngs.items()}}
+    # Atomic: a temporary file, flushed to disk, then renamed; the last checkpoint is kept as
+    # the previous one, for when the newest turns out unreadable.
     tmp = _checkpoint_path(out).with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(_checkpoint_path(out))
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if _checkpoint_path(out).exists():
+        os.replace(_checkpoint_path(out), _previous_path(out))
+    os.replace(tmp, _checkpoint_path(out))
 
 
 def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters | None = None,
@@ -279,8 +318,8 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     learner = Learner(theta, make_optimizer(cfg, theta, layer_lam), layer_lam=layer_lam)
     rows, curve = [], []
     ckpt = _checkpoint_path(out)
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+    state = load_checkpoint(out, say=None if world.main else (lambda line: None))
+    if state is not None:
         if not _same_run(state["config"], cfg) or state.get("recipe_spec") != cfg.spec.spec():
             raise ValueError(f"{ckpt} was written with other settings; choose another output "
                              "folder or remove it")
@@ -294,8 +333,9 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
             if k in state["rng_state"]:
                 r.bit_generator.state = state["rng_state"][k]
         for name, target in (("metrics.csv", rows), ("curve.csv", curve)):
-            if (out / name).exists():
-                target += pd.read_csv(out / name).to_dict("records")
+            if (out / name).exists():   # rows beyond the checkpoint taken are redone
+                target += [r for r in pd.read_csv(out / name).to_dict("records")
+                           if r["iteration"] <= learner.iteration]
     done = {int(r["iteration"]) for r in curve}
 
     def curve_point():
