@@ -322,7 +322,8 @@ def _common_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="None: float64 for synthetic tasks, float32 for the CNN")
     p.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per point (median, IQR)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed repeats per point (median, IQR); 0: not timed")
     p.add_argument("--seed", type=int, default=0, help="seed of the tasks and theta")
     p.add_argument("--lam", type=float, default=None,
                    help="regularisation lam of G (None: 1 synthetic, 10 CNN)")
@@ -343,7 +344,10 @@ def _common_args(p: argparse.ArgumentParser, out: str) -> None:
 
 def check_arguments(parser, args) -> None:
     """Every numeric flag in its range, before any row is computed."""
-    for flag, low in (("n_way", 2), ("k_shot", 1), ("repeats", 1), ("threads", 1),
+    # --repeats 0: errors and memory only, no timing (what ranks sharing one CPU must use);
+    # hvp-cost is a timing and needs at least one
+    timed = 1 if getattr(args, "command", None) == "hvp-cost" else 0
+    for flag, low in (("n_way", 2), ("k_shot", 1), ("repeats", timed), ("threads", 1),
                       ("meta_batch", 1), ("steps", 1), ("cg_steps", 1), ("truncate", 1),
                       ("dim", 1), ("n_train", 1)):
         cli_range(parser, "--" + flag.replace("_", "-"), getattr(args, flag, None), low)

@@ -98,3 +98,14 @@ def test_cli_cost_sweep_on_synthetic(tmp_path, capsys):
     assert code == 0
     frame = pd.read_csv(out)
     assert len(frame) == 4 and (frame.status == "ok").all()
+
+
+def test_cli_repeats_zero_measures_errors_and_memory_without_timing(tmp_path):
+    """The README's torchrun example passes --repeats 0 (ranks sharing one CPU must not time)."""
+    out = tmp_path / "e.csv"
+    assert sweeps.main(["error", "--steps", "5", "--kappas", "10", "--dim", "4", "--cg-steps",
+                        "2", "--methods", "fomaml", "--repeats", "0", "--quiet", "--out",
+                        str(out)]) == 0
+    row = pd.read_csv(out).iloc[0]
+    assert row.status == "ok" and row.rel_error > 0 and row.peak_bytes > 0
+    assert pd.isna(row.time_s)
