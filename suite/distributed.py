@@ -95,5 +95,9 @@ def check_divisible(flag: str, n: int, world: World) -> None:
 
 
 def close() -> None:
+    """Leave the process group once every rank is here: a rank that tears gloo down while a
+    peer's last collective is still in flight can abort it ("terminate called without an
+    active exception", seen once in CI)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
