@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from .cli import UsageError
+
 
 def check_int(name: str, value, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum \
@@ -73,12 +75,12 @@ def check_device(device: str, flag: str = "--device") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise SystemExit(f"{flag} {device}: not a torch device name; use cpu, cuda or cuda:N")
+        raise UsageError(f"{flag} {device}: not a torch device name; use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"{flag} {device}: no CUDA device is available on this machine "
+        raise UsageError(f"{flag} {device}: no CUDA device is available on this machine "
                          "(install a CUDA build of torch on a GPU machine, see the README)")
     if dev.type not in ("cpu", "cuda"):
-        raise SystemExit(f"{flag} {device}: only cpu and cuda devices are supported")
+        raise UsageError(f"{flag} {device}: only cpu and cuda devices are supported")
     return dev
 
 

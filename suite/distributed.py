@@ -10,11 +10,20 @@ the same theta; a rank only computes its share of the tasks.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from .cli import PeerLost, UsageError
+
+# How long a rank waits at a collective before giving up on its peers. A healthy rank waits
+# at most for rank 0 to build the image cache of the full Omniglot archives (under two
+# minutes) or for the slowest rank's share of one outer iteration (seconds); a rank that died
+# or hung should not hold the others for torch's default of 30 minutes (gloo).
+TIMEOUT_S = float(os.environ.get("IMAML_SUITE_DIST_TIMEOUT_S", "600"))
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class World:
         if self.size == 1:
             return tensor
         out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        self._collective("all_reduce", dist.all_reduce, out, op=dist.ReduceOp.SUM)
         return out / self.size
 
     def gather(self, obj) -> list:
@@ -49,7 +58,7 @@ class World:
         if self.size == 1:
             return [obj]
         out = [None] * self.size
-        dist.all_gather_object(out, obj)
+        self._collective("all_gather", dist.all_gather_object, out, obj)
         return out
 
     def merge(self, n: int, mine: list) -> list:
@@ -64,7 +73,17 @@ class World:
 
     def barrier(self) -> None:
         if self.size > 1:
-            dist.barrier()
+            self._collective("barrier", dist.barrier)
+
+    def _collective(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeError as err:   # DistBackendError, a closed connection, the timeout
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PeerLost(f"rank {self.rank}: {what} with the other {self.size - 1} "
+                           f"process(es) failed ({first[:160]}); one of them died or hung "
+                           f"(timeout {TIMEOUT_S:g} s, IMAML_SUITE_DIST_TIMEOUT_S). Rank 0's "
+                           "files are whole: rerun the same command to resume") from err
 
 
 def init(device: str = "cpu") -> tuple[World, str]:
@@ -77,27 +96,36 @@ def init(device: str = "cpu") -> tuple[World, str]:
     cuda = torch.device(device).type == "cuda"
     if cuda:
         if torch.cuda.device_count() <= local_rank:
-            raise SystemExit(f"rank {rank}: LOCAL_RANK {local_rank} but this machine has "
+            raise UsageError(f"rank {rank}: LOCAL_RANK {local_rank} but this machine has "
                              f"{torch.cuda.device_count()} CUDA devices; start at most that "
                              "many processes per node (--nproc_per_node)")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo",
+                                timeout=datetime.timedelta(seconds=TIMEOUT_S))
     return World(rank, size, local_rank), device
 
 
-def check_divisible(flag: str, n: int, world: World) -> None:
-    if n % world.size:
-        raise SystemExit(f"{flag} {n} is not divisible by the {world.size} processes: every "
-                         "rank must take an equal share of the meta-batch (choose a multiple "
-                         f"of {world.size})")
+def planned_size() -> int:
+    """The number of processes torchrun started (1 without it), known before ``init``."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def close() -> None:
-    """Leave the process group once every rank is here: a rank that tears gloo down while a
-    peer's last collective is still in flight can abort it ("terminate called without an
-    active exception", seen once in CI)."""
+def check_divisible(flag: str, n: int, size: int) -> None:
+    """Refuse, before any process group is joined, a meta-batch the processes cannot split."""
+    if n % size:
+        raise UsageError(f"{flag} {n} is not divisible by the {size} processes: every rank "
+                         f"must take an equal share of the meta-batch (choose a multiple of "
+                         f"{size})")
+
+
+def close(wait: bool = True) -> None:
+    """Leave the process group, once every rank is here (``wait``): a rank that tears gloo
+    down while a peer's last collective is still in flight can abort it ("terminate called
+    without an active exception", seen once in CI). ``wait=False`` on the way out of an error,
+    when the peers may be gone."""
     if dist.is_initialized():
-        dist.barrier()
+        if wait:
+            World(dist.get_rank(), dist.get_world_size()).barrier()
         dist.destroy_process_group()

@@ -11,7 +11,6 @@ results/.<name>.partial.csv.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -30,7 +29,8 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from suite import METHODS, claims, table1  # noqa: E402
-from suite.checks import HelpFormatter, check_device  # noqa: E402
+from suite import cli  # noqa: E402
+from suite.checks import HelpFormatter, check_device, cli_range  # noqa: E402
 from suite.results import ResultsStore, pin_commit, write_csv_atomic  # noqa: E402
 from suite.sweeps import (PAPER_METHODS, cost_points, error_points, hvp_cost,  # noqa: E402
                           run_sweep)
@@ -403,7 +403,7 @@ def save(fig, name: str) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python suite/figures.py", description=__doc__,
+    parser = cli.Parser(prog="python suite/figures.py", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--full", action="store_true",
                         help="the paper's scale: kappa up to 1e4, more steps (hours on a CPU)")
@@ -426,8 +426,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT,
                         help="folder whose results/ and reports/ receive the outputs")
     args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out}: not a folder")
+    cli_range(parser, "--threads", args.threads, 1)
+    cli.writable_folder("--out", args.out)
     _OUT["root"] = args.out.resolve()
     check_device(args.device)
     pin_commit()
@@ -440,7 +440,8 @@ def main(argv=None) -> int:
         csv = _dir("results") / f"{OUTPUTS[what]}.csv"
         if args.from_results:
             if not csv.exists():
-                raise SystemExit(f"--from-results: {csv} does not exist; run without it first")
+                raise cli.UsageError(f"--from-results: {csv} does not exist; run without it "
+                                     "first")
             frame = pd.read_csv(csv)
         elif what == "fig2a":
             frame = run_fig2a(cfg["fig2a"], args.device, args.quiet,
@@ -478,4 +479,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python suite/figures.py"))

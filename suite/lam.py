@@ -18,7 +18,7 @@ Writes ``results/learned_lam.csv`` (one row per configuration, resumable),
 """
 from __future__ import annotations
 
-import argparse
+import sys
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +34,7 @@ import scipy.stats  # noqa: E402
 import torch  # noqa: E402
 
 import synthetic  # noqa: E402
+from . import cli  # noqa: E402
 from .checks import HelpFormatter, check_float, check_int, cli_out_folder  # noqa: E402
 from .adapt import adapt  # noqa: E402
 from .methods import Stats  # noqa: E402
@@ -261,9 +262,9 @@ def markdown(frame: pd.DataFrame, cfg: LamConfig) -> str:
         "![learned λ](learned_lam.png)", ""])
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     defaults = LamConfig()
-    p = argparse.ArgumentParser(prog="python -m suite.lam", description=__doc__,
+    p = cli.Parser(prog="python -m suite.lam", description=__doc__,
                                 formatter_class=HelpFormatter)
     p.add_argument("--iterations", type=int, default=defaults.iterations,
                    help="outer iterations per configuration")
@@ -297,7 +298,8 @@ def main(argv=None) -> None:
     plot(frame, pd.read_csv(coordinates), args.reports / "learned_lam.png")
     (args.reports / "learned_lam.md").write_text(markdown(frame, cfg))
     print(f"-> {args.out}, {args.reports / 'learned_lam.png'}, {args.reports / 'learned_lam.md'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run(main, prog="python -m suite.lam"))

@@ -14,7 +14,6 @@ the peer's time at meta-batch 16; per task: no slower than higher).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 import warnings
@@ -24,8 +23,9 @@ import pandas as pd
 import torch
 from torch.func import functional_call, grad
 
+from . import cli
 from .batched import BatchedTasks, batched_meta_gradient
-from .checks import HelpFormatter, check_device
+from .checks import HelpFormatter, check_device, cli_range
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient_batch
 from .registry import get_method
@@ -41,7 +41,7 @@ def require_peers():
         import higher  # noqa: F401
         import torchopt  # noqa: F401
     except ImportError as err:
-        raise SystemExit(f"{err.name} is not installed: pip install -c constraints.txt -e "
+        raise cli.UsageError(f"{err.name} is not installed: pip install -c constraints.txt -e "
                          "'.[peers]'") from None
 
 
@@ -290,7 +290,7 @@ def report(frame: pd.DataFrame, source: str = "results/peers.csv") -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suite.peers", description=__doc__,
+    parser = cli.Parser(prog="python -m suite.peers", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 15, 25],
                         help="inner steps, per task")
@@ -318,6 +318,10 @@ def main(argv=None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if not args.lam > 0:
         parser.error(f"--lam must be > 0 (iMAML), got {args.lam}")
+    cli_range(parser, "--threads", args.threads, 1)
+    cli_range(parser, "--repeats", args.repeats, 1)
+    for flag, path in (("--out", args.out), ("--report", args.report)):
+        cli.writable_folder(flag, path.parent)
     if args.report_only:
         if not args.out.exists():
             parser.error(f"--report-only: {args.out} does not exist")
@@ -342,4 +346,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m suite.peers"))

@@ -29,6 +29,7 @@ import torch
 
 import synthetic
 
+from . import cli
 from .measure import measure_memory, time_calls
 from .methods import meta_gradient
 from .registry import METHODS
@@ -156,7 +157,7 @@ def print_table(verdicts: list[Verdict]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suite.regress", description=__doc__,
+    parser = cli.Parser(prog="python -m suite.regress", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--update", action="store_true",
                         help="replace the committed baselines with this run's figures")
@@ -170,7 +171,7 @@ def main(argv=None) -> int:
                         help="baseline JSON file (default: results/baselines/regress.json)")
     args = parser.parse_args(argv)
     if not args.update and not args.baseline.exists():
-        raise SystemExit(f"no baseline at {args.baseline}: run with --update once, on purpose")
+        raise cli.UsageError(f"no baseline at {args.baseline}: run with --update once, on purpose")
     if args.update and args.add:
         parser.error("--update replaces every baseline, --add only adds missing ones: "
                      "choose one")
@@ -204,4 +205,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m suite.regress"))

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import synthetic
 
+from . import cli
 from .checks import HelpFormatter, check_device, check_int, cli_out_folder, cli_range
 from .distributed import World, close, init
 from .curvature import gauss_newton_at
@@ -175,6 +176,8 @@ def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int 
     for i, c in enumerate(todo):
         groups.setdefault(tuple(c.get(k) for k in interleave) if interleave else (i,), []).append(c)
     ordered = list(groups.values())
+    finished = len(configs) - len(todo)
+    cli.progress(f"{finished} of {len(configs)} points finished, kept in {out}")
     with tqdm(total=len(todo), desc=desc, disable=not (progress and world.main),
               unit="point") as bar:
         for start in range(0, len(ordered), world.size):
@@ -186,6 +189,8 @@ def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int 
                     for row in part:
                         store.add({c: row.get(c) for c in COLUMNS})
                 bar.update(len(part))
+                finished += len(part)
+            cli.progress(f"{finished} of {len(configs)} points finished, kept in {out}")
     return store
 
 
@@ -368,7 +373,7 @@ def check_arguments(parser, args) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suite.sweeps", description=__doc__,
+    parser = cli.Parser(prog="python -m suite.sweeps", description=__doc__,
                                      formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("error", help="meta-gradient error on synthetic tasks",
@@ -450,9 +455,13 @@ def main(argv=None) -> int:
                              lr=args.lr, kappa=args.kappa, dim=args.dim, n_way=args.n_way,
                              k_shot=args.k_shot, meta_batch=args.meta_batch, device=args.device,
                              dtype=args.dtype, seed=args.seed, solver=args.solver)
-    store = run_sweep(points, args.out, repeats=args.repeats, threads=args.threads,
-                      interleave=("kappa", "inner_steps"),
-                      progress=not args.quiet, desc=args.command, world=world)
+    try:
+        store = run_sweep(points, args.out, repeats=args.repeats, threads=args.threads,
+                          interleave=("kappa", "inner_steps"),
+                          progress=not args.quiet, desc=args.command, world=world)
+    except BaseException:
+        close(wait=False)   # stopped, or a peer lost: no goodbye to wait for
+        raise
     close()
     if not world.main:
         return 0
@@ -464,4 +473,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m suite.sweeps"))

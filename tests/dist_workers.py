@@ -28,6 +28,17 @@ def join(rank: int, size: int, port: int) -> distributed.World:
     return world
 
 
+def skip_finalization():
+    """Leave without the interpreter's teardown, once the work is done and the group closed:
+    there gloo's threads can still drop tensors and abort the process (SIGABRT, about 1 run
+    in 20 here; pytorch/pytorch#179291 describes the likely mechanism), which would fail a test
+    whose results are already complete. A failure before this point still raises."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def train_worker(rank, size, port, recipe, iterations, out, result):
     world = join(rank, size, port)
     try:
@@ -38,6 +49,7 @@ def train_worker(rank, size, port, recipe, iterations, out, result):
             torch.save(learner.theta.detach(), result)
     finally:
         distributed.close()
+    skip_finalization()
 
 
 def sweep_worker(rank, size, port, points, out):
@@ -47,3 +59,21 @@ def sweep_worker(rank, size, port, points, out):
         sweeps.run_sweep(points, Path(out), repeats=0, progress=False, world=world)
     finally:
         distributed.close()
+    skip_finalization()
+
+
+def hang_worker(rank, size, port, folder):
+    """Rank 1 joins, then stops answering (sleeps past the timeout); rank 0 records what its
+    next collective says and how long it waited."""
+    import time
+    from suite.cli import PeerLost
+    world = join(rank, size, port)
+    if rank == 1:
+        time.sleep(6)
+        return
+    start = time.monotonic()
+    try:
+        world.mean(torch.ones(3))
+    except PeerLost as err:
+        Path(folder, "rank0.txt").write_text(f"{err}\n{time.monotonic() - start}")
+        distributed.close(wait=False)   # as the CLIs do on the way out

@@ -1,4 +1,5 @@
 """The side-by-side report's ratios and target verdicts, on a hand-made frame (no peers needed)."""
+import re
 import pandas as pd
 import pytest
 
@@ -48,9 +49,8 @@ def test_report_lists_every_batched_method():
                                        (["--batch-steps", "-1"], "--batch-steps"),
                                        (["--lam", "0"], "--lam")])
 def test_cli_names_the_bad_argument(argv, name, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=re.escape(name)):
         main(argv)
-    assert name in capsys.readouterr().err
 
 
 def test_report_only_rewrites_the_report_from_the_rows(tmp_path, capsys):
@@ -58,10 +58,8 @@ def test_report_only_rewrites_the_report_from_the_rows(tmp_path, capsys):
     frame().to_csv(csv, index=False)
     assert main(["--report-only", "--out", str(csv), "--report", str(md)]) == 0
     assert md.read_text() == report(frame(), str(csv))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=re.escape("does not exist")):
         main(["--report-only", "--out", str(tmp_path / "none.csv")])
-    assert "does not exist" in capsys.readouterr().err
     frame().iloc[:0].to_csv(csv, index=False)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=re.escape("holds no rows")):
         main(["--report-only", "--out", str(csv), "--report", str(md)])
-    assert "holds no rows" in capsys.readouterr().err

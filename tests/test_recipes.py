@@ -189,22 +189,7 @@ def test_batchnorm_option_builds_that_network_and_refuses_others():
     assert cli.config_from(args, "maml").batchnorm == "closed-form"
 
 
-def test_cli_refuses_before_any_work(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["table2", "--iterations", "-1", "--out", str(tmp_path)])
-    assert "--iterations must be >= 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["train", "--recipe", "maml", "--minutes", "-1", "--out", str(tmp_path)])
-    assert "--minutes must be > 0" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="holds no rows"):
-        cli.main(["table2", "--report-only", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="not found.*download"):
-        cli.main(["train", "--recipe", "maml", "--data", "full", "--root", str(tmp_path),
-                  "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="meta_batch must be an integer >= 1"):
-        cli.main(["train", "--recipe", "maml", "--meta-batch", "0", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="not a torch device"):
-        cli.main(["train", "--recipe", "maml", "--device", "gpu", "--out", str(tmp_path)])
+def test_cli_lists_the_recipes(capsys):
     cli.main(["recipes"])
     listed = capsys.readouterr().out
     assert all(name in listed for name in recipes.RECIPES)

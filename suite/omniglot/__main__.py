@@ -29,21 +29,25 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .. import distributed
+from .. import cli, distributed
 from ..checks import check_device
+from ..cli import UsageError
 from ..distributed import World
 from ..results import ResultsStore, pin_commit
 from ..workloads import BATCHNORMS
 from . import data, recipes, report
-from .train import TrainConfig, check_divisible_meta_batch, evaluate, run_provenance, train
+from .train import TrainConfig, evaluate, run_provenance, train
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data" / "omniglot"
 CACHE = ROOT / ".cache" / "omniglot"
+PROG = "python -m suite.omniglot"
 KEY = ["recipe", "setting", "iterations_asked", "recipe_spec"]
 
 
-def load_split(args):
+def archive_root(args) -> Path:
+    """The folder holding the archives ``--data`` asks for; a ``UsageError`` saying how to get
+    them when one is missing (checked by every process before any joins the others)."""
     root = Path(args.root) if args.root else (SHARED if args.data == "small" else
                                               Path("data/omniglot"))
     names = data.SMALL if args.data == "small" else data.STANDARD
@@ -51,11 +55,34 @@ def load_split(args):
     if missing:
         fetch = ("python -m suite.omniglot download --root " + str(root)) if args.data == "full" \
             else "the small archives ship in ../shared/data/omniglot beside the checkout"
-        raise SystemExit(f"--data {args.data}: {', '.join(m + '.zip' for m in missing)} not found "
-                         f"in {root} (--root). Get them with: {fetch}")
+        raise UsageError(f"--data {args.data}: {', '.join(m + '.zip' for m in missing)} not "
+                         f"found in {root} (--root). Get them with: {fetch}")
+    return root
+
+
+def load_split(args):
+    root = archive_root(args)
     if args.data == "small":
         return data.small_split(root, CACHE)
     return data.standard_split(root, CACHE, seed=args.split_seed)
+
+
+def check_data(args, configs, train_chars, test_chars) -> None:
+    """Refuse settings the characters cannot satisfy, before any training."""
+    for chars, what in ((train_chars, "meta-training"), (test_chars, "meta-testing")):
+        classes, per_char = 4 * len(chars.names), chars.images.shape[1]
+        for cfg in configs:
+            if cfg.n_way > classes:
+                raise UsageError(f"--n-way {cfg.n_way}: the {what} characters of --data "
+                                 f"{args.data} give {classes} classes ({len(chars.names)} x 4 "
+                                 f"rotations); choose --n-way <= {classes}")
+            if cfg.k_shot + cfg.k_query > per_char:
+                raise UsageError(f"--k-shot {cfg.k_shot} + --k-query {cfg.k_query}: a "
+                                 f"character has {per_char} drawings; choose a sum <= "
+                                 f"{per_char}")
+
+
+FLAG_OF = {"max_iterations": "--iterations", "budget_s": "--minutes"}
 
 
 def config_from(args, recipe: str) -> TrainConfig:
@@ -65,7 +92,12 @@ def config_from(args, recipe: str) -> TrainConfig:
         if getattr(args, name, None) is not None}
     values["max_iterations"] = args.iterations
     values["budget_s"] = args.minutes * 60 if args.minutes else float("inf")
-    return TrainConfig(recipe, **values)
+    try:
+        return TrainConfig(recipe, **values)
+    except (ValueError, TypeError) as err:   # the config names the field: say the flag
+        name, _, rest = str(err).partition(" ")
+        flag = FLAG_OF.get(name, "--" + name.replace("_", "-"))
+        raise UsageError(f"{flag} {rest}" if name in values else str(err))
 
 
 def add_training_args(p):
@@ -129,10 +161,7 @@ def run_recipe(args, cfg: TrainConfig, train_chars, test_chars, world: World) ->
             **{k: v for k, v in cfg.as_dict().items() if k not in ("recipe", "device", "seed")}}
 
 
-def run_all(args, names: list[str], store: ResultsStore, world: World) -> None:
-    configs = [config_from(args, n) for n in names]       # every argument checked first
-    for cfg in configs:
-        check_divisible_meta_batch(cfg, world)
+def run_all(args, configs: list[TrainConfig], store: ResultsStore, world: World) -> None:
     pending = [c for c in configs if args.retrain or not store.done(
         {"recipe": c.recipe, "setting": f"{c.n_way}w{c.k_shot}s-{args.data}",
          "iterations_asked": args.iterations, "recipe_spec": c.spec.spec()})]
@@ -143,6 +172,8 @@ def run_all(args, names: list[str], store: ResultsStore, world: World) -> None:
     train_chars, test_chars = load_split(args)
     if world.main:
         world.barrier()
+    check_data(args, pending, train_chars, test_chars)
+    if world.main:
         print(f"meta-training characters: {len(train_chars.names)}, meta-testing: "
               f"{len(test_chars.names)} (x4 rotations each), {world.size} process(es)",
               file=sys.stderr)
@@ -154,6 +185,27 @@ def run_all(args, names: list[str], store: ResultsStore, world: World) -> None:
                   f"({row['evaluation']}) after {row['iterations']} iterations", file=sys.stderr)
 
 
+def train_all(args, names: list[str], store: ResultsStore) -> bool:
+    """Check every setting, join the other processes (torchrun), train what is missing;
+    True on rank 0 (the one that writes)."""
+    configs = [config_from(args, n) for n in names]       # every argument checked first
+    for cfg in configs:
+        distributed.check_divisible("--meta-batch", cfg.meta_batch, distributed.planned_size())
+    archive_root(args)
+    cli.writable_folder("--out", args.out)
+    check_device(args.device)
+    world, args.device = distributed.init(args.device)
+    for cfg in configs:
+        cfg.device = args.device
+    try:
+        run_all(args, configs, store, world)
+    except BaseException:
+        distributed.close(wait=False)   # the others stop too: no goodbye to wait for
+        raise
+    distributed.close()
+    return world.main
+
+
 def rows_for(store: ResultsStore, args, names, what: str, required: bool = True) -> pd.DataFrame:
     """The rows of ``names`` at this setting, iteration count and current recipe definitions."""
     frame = store.read()
@@ -161,20 +213,20 @@ def rows_for(store: ResultsStore, args, names, what: str, required: bool = True)
     if frame.empty:
         if not required:
             return frame
-        raise SystemExit(f"{what}: {store.path} holds no rows; run without --report-only first")
+        raise UsageError(f"{what}: {store.path} holds no rows; run without --report-only first")
     specs = {n: recipes.get(n).spec() for n in names}
     frame = frame[(frame.setting == tag) & (frame.iterations_asked == args.iterations)
                   & frame.recipe.isin(names)
                   & (frame.recipe_spec == frame.recipe.map(specs))]
     if frame.empty and required:
-        raise SystemExit(f"{what}: {store.path} has no rows for {tag} at {args.iterations} "
+        raise UsageError(f"{what}: {store.path} has no rows for {tag} at {args.iterations} "
                          "iterations with the current recipes; run without --report-only first")
     return frame
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suite.omniglot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(prog=PROG, description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("download", help="fetch the standard archives and check their MD5")
     d.add_argument("--root", type=Path, default=Path("data/omniglot"),
@@ -203,7 +255,7 @@ def main(argv=None) -> int:
             for path in data.download(args.root):
                 print(f"{path}  md5 ok")
         except OSError as err:
-            raise SystemExit(f"download: could not fetch the archives ({err}). Without network, "
+            raise UsageError(f"download: could not fetch the archives ({err}). Without network, "
                              "copy images_background.zip and images_evaluation.zip from the "
                              f"public Omniglot repository into {args.root}")
         return 0
@@ -216,15 +268,8 @@ def main(argv=None) -> int:
         parser.error(f"--minutes must be > 0, got {args.minutes}")
     store = ResultsStore(args.out / "runs.csv", KEY, ["accuracy", "ci95"])
     names = [args.recipe] if args.command == "train" else args.recipes
-    if not getattr(args, "report_only", False):
-        check_device(args.device)
-        world, args.device = distributed.init(args.device)
-        try:
-            run_all(args, names, store, world)
-        finally:
-            distributed.close()
-        if not world.main:
-            return 0
+    if not getattr(args, "report_only", False) and not train_all(args, names, store):
+        return 0
     if args.command == "train":
         return 0
     reports = ROOT / "reports"
@@ -247,4 +292,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog=PROG))

@@ -30,8 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import cli
 from ..adapt import adapt
 from ..checks import check_float, check_int
+from ..cli import Interrupted, StopRequest
 from ..distributed import World
 from ..methods import Stats, meta_gradient, meta_gradient_batch
 from ..results import provenance, write_csv_atomic
@@ -78,7 +80,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.spec = recipes.get(self.recipe)
-        for name in ("n_way", "k_shot", "k_query", "inner_steps", "meta_batch", "eval_tasks",
+        check_int("n_way", self.n_way, minimum=2)
+        for name in ("k_shot", "k_query", "inner_steps", "meta_batch", "eval_tasks",
                      "cg_steps", "hf_steps", "truncate", "checkpoint_every", "eval_every",
                      "curve_tasks", "probe_every"):
             check_int(name, getattr(self, name), minimum=1)
@@ -348,52 +351,71 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
                           "ci95": acc[cfg.spec.evaluation]["ci95"]})
             done.add(learner.iteration)
 
-    if learner.iteration % cfg.eval_every == 0:   # a resumed run keeps the curve's grid
-        curve_point()
-    while learner.iteration < cfg.max_iterations and learner.elapsed_s < cfg.budget_s:
-        start = time.perf_counter()
-        tasks = [ModuleTask(model, *sampler.sample()) for _ in range(cfg.meta_batch)]
-        lam = learner.lam(cfg, differentiable=True)
-        direction, info = outer_direction(cfg, solver, tasks, theta, world, lam=lam)
-        if not bool(torch.isfinite(direction).all()):
-            raise FloatingPointError(f"{cfg.recipe}: the outer direction at iteration "
-                                     f"{learner.iteration + 1} is not finite")
-        lam_grad = info.pop("lam_grad", None)
-        schedule = OUTER[cfg.spec.outer][1]
-        if schedule is not None:
-            for group in learner.optimizer.param_groups:
-                group["lr"] = schedule(cfg, learner.iteration)
-        learner.optimizer.zero_grad()
-        theta.grad = direction
-        if layer_lam is not None:
-            lam.backward(lam_grad)   # autograd's chain rule into log lam
-            info |= {"lam_min": float(lam.detach().min()), "lam_max": float(lam.detach().max())}
-        learner.optimizer.step()
-        seconds = max(world.gather(time.perf_counter() - start))   # the slowest rank's
-        learner.iteration += 1
-        learner.elapsed_s += seconds
-        if progress is not None:
-            progress.update(1)
-        if learner.iteration % cfg.eval_every == 0:
+    cli.progress(f"{cfg.recipe}: " + (f"checkpoint at iteration {learner.iteration} in {out}"
+                                      if state is not None else "no checkpoint yet"))
+    with StopRequest(say=None if world.main else (lambda line: None)) as stop:
+        if learner.iteration % cfg.eval_every == 0:   # a resumed run keeps the curve's grid
             curve_point()
-        if not world.main:
-            continue
-        with torch.no_grad():
-            query_loss = float(np.mean([float(t.test_loss(theta)) for t in tasks[:2]]))
-        row = {"iteration": learner.iteration, "seconds": seconds,
-               "train_s": learner.elapsed_s, "query_loss_at_theta": query_loss,
-               "direction_norm": float(direction.norm()),
-               "outer_lr": learner.optimizer.param_groups[0]["lr"], **info}
-        if learner.iteration % cfg.probe_every == 0 or learner.iteration == 1:
-            row["probe_cosine_to_maml"] = probe_cosine(
-                cfg, solver, probe, theta, lam.detach() if torch.is_tensor(lam) else lam)
-        rows.append(row)
-        if learner.iteration % cfg.checkpoint_every == 0:
-            _flush(learner, cfg, out, rngs, rows, curve, world)
+        while learner.iteration < cfg.max_iterations and learner.elapsed_s < cfg.budget_s:
+            _iteration(cfg, learner, model, sampler, solver, probe, world, rows, progress)
+            if learner.iteration % cfg.eval_every == 0:
+                curve_point()
+            stopped = [s for s in world.gather(stop.signum) if s is not None]
+            if stopped or learner.iteration % cfg.checkpoint_every == 0:
+                _flush(learner, cfg, out, rngs, rows, curve, world)
+                cli.progress(f"{cfg.recipe}: checkpoint at iteration {learner.iteration} in {out}")
+            if stopped:
+                world.barrier()
+                raise Interrupted(stopped[0], f"{cfg.recipe} stopped after iteration "
+                                  f"{learner.iteration} of {cfg.max_iterations}, checkpoint "
+                                  f"and metrics written to {out}")
     curve_point()
     _flush(learner, cfg, out, rngs, rows, curve, world)
     world.barrier()   # the checkpoint is complete before any rank goes on
+    cli.progress(f"{cfg.recipe}: trained ({learner.iteration} iterations, checkpoint in {out}); "
+                 "evaluating")
     return learner
+
+
+def _iteration(cfg, learner, model, sampler, solver, probe, world, rows, progress) -> None:
+    """One outer iteration: the direction over a meta-batch, the outer step, and (rank 0)
+    its metrics row."""
+    theta, layer_lam = learner.theta, learner.layer_lam
+    start = time.perf_counter()
+    tasks = [ModuleTask(model, *sampler.sample()) for _ in range(cfg.meta_batch)]
+    lam = learner.lam(cfg, differentiable=True)
+    direction, info = outer_direction(cfg, solver, tasks, theta, world, lam=lam)
+    if not bool(torch.isfinite(direction).all()):
+        raise FloatingPointError(f"{cfg.recipe}: the outer direction at iteration "
+                                 f"{learner.iteration + 1} is not finite")
+    lam_grad = info.pop("lam_grad", None)
+    schedule = OUTER[cfg.spec.outer][1]
+    if schedule is not None:
+        for group in learner.optimizer.param_groups:
+            group["lr"] = schedule(cfg, learner.iteration)
+    learner.optimizer.zero_grad()
+    theta.grad = direction
+    if layer_lam is not None:
+        lam.backward(lam_grad)   # autograd's chain rule into log lam
+        info |= {"lam_min": float(lam.detach().min()), "lam_max": float(lam.detach().max())}
+    learner.optimizer.step()
+    seconds = max(world.gather(time.perf_counter() - start))   # the slowest rank's
+    learner.iteration += 1
+    learner.elapsed_s += seconds
+    if progress is not None:
+        progress.update(1)
+    if not world.main:
+        return
+    with torch.no_grad():
+        query_loss = float(np.mean([float(t.test_loss(theta)) for t in tasks[:2]]))
+    row = {"iteration": learner.iteration, "seconds": seconds,
+           "train_s": learner.elapsed_s, "query_loss_at_theta": query_loss,
+           "direction_norm": float(direction.norm()),
+           "outer_lr": learner.optimizer.param_groups[0]["lr"], **info}
+    if learner.iteration % cfg.probe_every == 0 or learner.iteration == 1:
+        row["probe_cosine_to_maml"] = probe_cosine(
+            cfg, solver, probe, theta, lam.detach() if torch.is_tensor(lam) else lam)
+    rows.append(row)
 
 
 def check_divisible_meta_batch(cfg: TrainConfig, world: World) -> None:

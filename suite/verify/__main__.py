@@ -4,12 +4,12 @@ a path to a .py file. Exit status: 0 when the function matches the reference it 
 without --claims, some reference), 1 when it does not, 2 for a usage error."""
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import sys
 from pathlib import Path
 
+from .. import cli
 from ..checks import HelpFormatter
 from . import CLAIMS, FORMS, judge
 from .card import markdown, write
@@ -42,7 +42,7 @@ def load(parser, spec: str):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m suite.verify", description=__doc__,
+    parser = cli.Parser(prog="python -m suite.verify", description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("function", help="MODULE:FUNCTION or path/to/file.py:FUNCTION")
     parser.add_argument("--claims", choices=sorted(CLAIMS), default=None,
@@ -76,4 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, prog="python -m suite.verify"))
