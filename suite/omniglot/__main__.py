@@ -33,7 +33,7 @@ from .. import cli, distributed
 from ..checks import check_device
 from ..cli import UsageError
 from ..distributed import World
-from ..results import ResultsStore, pin_commit
+from ..results import ResultsStore, pin_commit, write_csv_atomic
 from ..workloads import BATCHNORMS
 from . import data, recipes, report
 from .train import TrainConfig, evaluate, run_provenance, train
@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data" / "omniglot"
 CACHE = ROOT / ".cache" / "omniglot"
 PROG = "python -m suite.omniglot"
-KEY = ["recipe", "setting", "iterations_asked", "recipe_spec"]
+KEY = ["recipe", "setting", "iterations_asked", "recipe_spec", "train_seed", "heldout"]
+VALIDATION_SEED = 777   # which training characters become validation characters
 
 
 def archive_root(args) -> Path:
@@ -61,10 +62,26 @@ def archive_root(args) -> Path:
 
 
 def load_split(args):
+    """(meta-training, held-out) characters: the test characters, or with ``--validation N``
+    N characters moved out of the meta-training ones (the test characters untouched)."""
     root = archive_root(args)
     if args.data == "small":
-        return data.small_split(root, CACHE)
-    return data.standard_split(root, CACHE, seed=args.split_seed)
+        train_chars, test_chars = data.small_split(root, CACHE)
+    else:
+        train_chars, test_chars = data.standard_split(root, CACHE, seed=args.split_seed)
+    n_val = getattr(args, "validation", 0)
+    if not n_val:
+        return train_chars, test_chars
+    if not 2 <= n_val <= len(train_chars.names) - 2:
+        raise UsageError(f"--validation {n_val}: choose between 2 and "
+                         f"{len(train_chars.names) - 2} of the {len(train_chars.names)} "
+                         "meta-training characters")
+    return data.split(train_chars, len(train_chars.names) - n_val, seed=VALIDATION_SEED)
+
+
+def heldout_name(args) -> str:
+    n_val = getattr(args, "validation", 0)
+    return f"validation{n_val}" if n_val else "test"
 
 
 def check_data(args, configs, train_chars, test_chars) -> None:
@@ -85,11 +102,13 @@ def check_data(args, configs, train_chars, test_chars) -> None:
 FLAG_OF = {"max_iterations": "--iterations", "budget_s": "--minutes"}
 
 
-def config_from(args, recipe: str) -> TrainConfig:
+def config_from(args, recipe: str, seed: int | None = None) -> TrainConfig:
     values = {name: getattr(args, name) for name in (
         "n_way", "k_shot", "k_query", "inner_steps", "inner_lr", "cg_steps", "meta_batch",
         "outer_lr", "lam_lr", "eval_tasks", "seed", "device", "batchnorm")
         if getattr(args, name, None) is not None}
+    if seed is not None:
+        values["seed"] = seed
     values["max_iterations"] = args.iterations
     values["budget_s"] = args.minutes * 60 if args.minutes else float("inf")
     try:
@@ -134,22 +153,27 @@ def add_training_args(p):
     p.add_argument("--out", type=Path, default=ROOT / "results" / "omniglot",
                    help="results folder (default: results/omniglot)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--validation", type=int, default=0, help="evaluate on this many "
+                   "characters moved out of the meta-training ones (to choose a recipe "
+                   "without the held-out test characters); 0: the test characters")
 
 
 def run_recipe(args, cfg: TrainConfig, train_chars, test_chars, world: World) -> dict:
     """Train (nothing for 'untrained'), evaluate both adaptations, return the result row."""
-    tag = f"{cfg.n_way}w{cfg.k_shot}s-{args.data}"
+    key = row_key(args, cfg)
+    folder = report.run_dir(args.out, key)
     if cfg.spec.method is None:
         cfg.max_iterations = 0
-    with tqdm(desc=f"{cfg.recipe} ({tag})", unit="it", disable=args.quiet or not world.main,
-              total=cfg.max_iterations) as bar:
-        learner = train(cfg, train_chars, args.out / tag / cfg.recipe, heldout=test_chars,
-                        progress=bar, world=world)
+    with tqdm(desc=f"{cfg.recipe} seed {cfg.seed} ({key['setting']})", unit="it",
+              disable=args.quiet or not world.main, total=cfg.max_iterations) as bar:
+        learner = train(cfg, train_chars, folder, heldout=test_chars, progress=bar, world=world)
     scores = evaluate(cfg, learner.theta.detach(), test_chars, world=world,
                       lam=learner.lam(cfg))
+    if world.main:   # each held-out task's accuracy, for comparisons paired by task
+        write_csv_atomic(pd.DataFrame({a: s["per_task"] for a, s in scores.items()})
+                         .rename_axis("task").reset_index(), folder / "eval_tasks.csv")
     head = scores[cfg.spec.evaluation]
-    return {"recipe": cfg.recipe, "setting": tag, "iterations_asked": args.iterations,
-            "recipe_spec": cfg.spec.spec(),
+    return {**key,
             "iterations": learner.iteration, "train_s": round(learner.elapsed_s, 1),
             "evaluation": cfg.spec.evaluation, "accuracy": head["accuracy"], "ci95": head["ci95"],
             "acc_as_trained": scores["as-trained"]["accuracy"],
@@ -161,10 +185,15 @@ def run_recipe(args, cfg: TrainConfig, train_chars, test_chars, world: World) ->
             **{k: v for k, v in cfg.as_dict().items() if k not in ("recipe", "device", "seed")}}
 
 
+def row_key(args, cfg: TrainConfig) -> dict:
+    """What identifies a run in runs.csv (and its folder: ``report.run_dir``)."""
+    return {"recipe": cfg.recipe, "setting": f"{cfg.n_way}w{cfg.k_shot}s-{args.data}",
+            "iterations_asked": args.iterations, "recipe_spec": cfg.spec.spec(),
+            "train_seed": cfg.seed, "heldout": heldout_name(args)}
+
+
 def run_all(args, configs: list[TrainConfig], store: ResultsStore, world: World) -> None:
-    pending = [c for c in configs if args.retrain or not store.done(
-        {"recipe": c.recipe, "setting": f"{c.n_way}w{c.k_shot}s-{args.data}",
-         "iterations_asked": args.iterations, "recipe_spec": c.spec.spec()})]
+    pending = [c for c in configs if args.retrain or not store.done(row_key(args, c))]
     if not pending:
         return
     if not world.main:
@@ -174,9 +203,9 @@ def run_all(args, configs: list[TrainConfig], store: ResultsStore, world: World)
         world.barrier()
     check_data(args, pending, train_chars, test_chars)
     if world.main:
-        print(f"meta-training characters: {len(train_chars.names)}, meta-testing: "
-              f"{len(test_chars.names)} (x4 rotations each), {world.size} process(es)",
-              file=sys.stderr)
+        print(f"meta-training characters: {len(train_chars.names)}, evaluated on: "
+              f"{len(test_chars.names)} ({heldout_name(args)}; x4 rotations each), "
+              f"{world.size} process(es)", file=sys.stderr)
     for cfg in pending:
         row = run_recipe(args, cfg, train_chars, test_chars, world)
         if world.main:
@@ -188,7 +217,8 @@ def run_all(args, configs: list[TrainConfig], store: ResultsStore, world: World)
 def train_all(args, names: list[str], store: ResultsStore) -> bool:
     """Check every setting, join the other processes (torchrun), train what is missing;
     True on rank 0 (the one that writes)."""
-    configs = [config_from(args, n) for n in names]       # every argument checked first
+    args.seed = None
+    configs = [config_from(args, n, seed) for seed in args.seed_list for n in names]
     for cfg in configs:
         distributed.check_divisible("--meta-batch", cfg.meta_batch, distributed.planned_size())
     archive_root(args)
@@ -206,6 +236,11 @@ def train_all(args, names: list[str], store: ResultsStore) -> bool:
     return world.main
 
 
+def first_seed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each recipe's run at its lowest seed (the learning curves show one run per recipe)."""
+    return frame.sort_values("train_seed").drop_duplicates("recipe")
+
+
 def rows_for(store: ResultsStore, args, names, what: str, required: bool = True) -> pd.DataFrame:
     """The rows of ``names`` at this setting, iteration count and current recipe definitions."""
     frame = store.read()
@@ -217,7 +252,9 @@ def rows_for(store: ResultsStore, args, names, what: str, required: bool = True)
     specs = {n: recipes.get(n).spec() for n in names}
     frame = frame[(frame.setting == tag) & (frame.iterations_asked == args.iterations)
                   & frame.recipe.isin(names)
-                  & (frame.recipe_spec == frame.recipe.map(specs))]
+                  & (frame.recipe_spec == frame.recipe.map(specs))
+                  & (frame.heldout == heldout_name(args))
+                  & frame.train_seed.isin(args.seed_list)]
     if frame.empty and required:
         raise UsageError(f"{what}: {store.path} has no rows for {tag} at {args.iterations} "
                          "iterations with the current recipes; run without --report-only first")
@@ -239,6 +276,9 @@ def main(argv=None) -> int:
     p.add_argument("--retrain", action="store_true", help="train even if runs.csv has the row")
     for name, names, helptext in (
             ("table2", recipes.TABLE2_RECIPES, "train Table 2's recipes, write reports/table2.md"),
+            ("choose", recipes.IMAML_CANDIDATES, "train the candidate default iMAML recipes "
+             "on the meta-training characters less --validation, evaluate on those, write "
+             "reports/imaml_choice.md"),
             ("variants", recipes.VARIANT_RECIPES,
              "train every iMAML variant, write reports/imaml_variants.md")):
         p = sub.add_parser(name, help=helptext)
@@ -248,6 +288,13 @@ def main(argv=None) -> int:
         p.add_argument("--retrain", action="store_true", help="train rows runs.csv already has")
         p.add_argument("--report-only", action="store_true",
                        help="rewrite the report from the results folder, train nothing")
+        p.add_argument("--reports", type=Path, default=ROOT / "reports",
+                       help="folder of the report and its figure (default: reports/)")
+        p.add_argument("--seeds", type=int, nargs="+", default=None,
+                       help="train every recipe at each of these seeds (initialisation and "
+                       "task stream; default: --seed, else 0; choose: 0 1 2)")
+        if name == "choose":
+            p.set_defaults(validation=20, seeds=[0, 1, 2])
     args = parser.parse_args(argv)
     pin_commit()
     if args.command == "download":
@@ -266,26 +313,48 @@ def main(argv=None) -> int:
         parser.error(f"--iterations must be >= 0, got {args.iterations}")
     if args.minutes is not None and not args.minutes > 0:
         parser.error(f"--minutes must be > 0, got {args.minutes}")
+    if getattr(args, "seeds", None) is not None:
+        if args.seed is not None:
+            parser.error("--seed and --seeds: give one")
+        if min(args.seeds) < 0 or len(set(args.seeds)) < len(args.seeds):
+            parser.error(f"--seeds must be distinct integers >= 0, got {args.seeds}")
+    if args.validation < 0:
+        parser.error(f"--validation must be >= 0, got {args.validation}")
+    args.seed_list = getattr(args, "seeds", None) or [args.seed or 0]
+    if args.command == "choose" and args.validation < 2:
+        parser.error("choose compares recipes on validation characters: --validation must "
+                     f"be >= 2, got {args.validation}")
     store = ResultsStore(args.out / "runs.csv", KEY, ["accuracy", "ci95"])
     names = [args.recipe] if args.command == "train" else args.recipes
     if not getattr(args, "report_only", False) and not train_all(args, names, store):
         return 0
     if args.command == "train":
         return 0
-    reports = ROOT / "reports"
-    if args.command == "table2":
+    reports = cli.writable_folder("--reports", args.reports)
+    if args.command == "choose":
+        frame = rows_for(store, args, names, "choose")
+        tested = rows_for(store, argparse.Namespace(**{**vars(args), "validation": 0}),
+                          names, "choose", required=False)
+        (reports / "imaml_choice.md").write_text(report.choice_markdown(frame, args.out, tested))
+        print(f"-> {reports / 'imaml_choice.md'}")
+    elif args.command == "table2":
         frame = rows_for(store, args, names, "table2")
         variants = rows_for(store, args, recipes.VARIANT_RECIPES, "table2", required=False)
         (reports / "table2.md").write_text(report.table2_markdown(frame, args.out, variants))
-        report.plot_curves(frame, args.out, reports / "omniglot_curves.png", "Table 2 recipes")
+        report.plot_curves(first_seed(frame), args.out, reports / "omniglot_curves.png",
+                           "Table 2 recipes")
         print(f"-> {reports / 'table2.md'}, {reports / 'omniglot_curves.png'}")
     else:
         frame = rows_for(store, args, names, "variants")
         reference = rows_for(store, args, ["maml", "fomaml", "untrained"], "variants",
                              required=False)
+        curves = first_seed(frame)
+        if frame.train_seed.nunique() > 1:   # the report's numbers: means over seeds
+            frame = report.seed_means(frame)
+            reference = report.seed_means(reference) if len(reference) else reference
         (reports / "imaml_variants.md").write_text(
             report.variants_markdown(frame, args.out, reference))
-        report.plot_curves(frame, args.out, reports / "imaml_variants_curves.png",
+        report.plot_curves(curves, args.out, reports / "imaml_variants_curves.png",
                            "iMAML variants")
         print(f"-> {reports / 'imaml_variants.md'}, {reports / 'imaml_variants_curves.png'}")
     return 0

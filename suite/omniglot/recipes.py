@@ -186,6 +186,9 @@ VARIANTS = [r for r in VARIANTS if r.name != DEFAULT_IMAML]
 RECIPES: dict[str, Recipe] = {r.name: r for r in TABLE2 + VARIANTS}
 TABLE2_RECIPES = [r.name for r in TABLE2]
 VARIANT_RECIPES = [DEFAULT_IMAML] + [r.name for r in VARIANTS]
+# The candidates for the default iMAML recipe, chosen on validation characters
+# (``python -m suite.omniglot choose``), never on the held-out test characters.
+IMAML_CANDIDATES = [DEFAULT_IMAML, "imaml-paper-lam0.5", "imaml-gn-learned-lam"]
 
 
 def for_method(name: str) -> Recipe:

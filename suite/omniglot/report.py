@@ -20,7 +20,14 @@ REPTILE_WITHIN_FOMAML = 5.0
 
 
 def run_dir(out: Path, row) -> Path:
-    return Path(out) / row["setting"] / row["recipe"]
+    """A run's folder: ``setting/recipe`` for seed 0 evaluated on the test characters (as
+    the first runs were written), ``setting/recipe-seedS[-validationN]`` otherwise."""
+    seed = int(row.get("train_seed", 0) or 0)
+    heldout = row.get("heldout", "test")
+    heldout = "test" if not isinstance(heldout, str) else heldout
+    name = row["recipe"] + (f"-seed{seed}" if seed or heldout != "test" else "") + \
+        ("" if heldout == "test" else f"-{heldout}")
+    return Path(out) / row["setting"] / name
 
 
 def run_metrics(out: Path, row) -> dict:
@@ -168,7 +175,15 @@ def _target_lines(rows) -> list[str]:
 
 
 def table2_markdown(frame: pd.DataFrame, out: Path, variants: pd.DataFrame | None = None) -> str:
+    """Table 2 from runs.csv's rows; with several seeds per recipe, accuracies are means over
+    seeds (interval: across seeds) and an 'Across seeds' section gives each seed and the
+    orderings the spread resolves."""
     order = [r for r in recipes.TABLE2_RECIPES if r in set(frame.recipe)]
+    by_seed = frame
+    several = frame.train_seed.nunique() > 1 if "train_seed" in frame else False
+    if several:
+        frame = seed_means(frame)
+        variants = seed_means(variants) if variants is not None and len(variants) else variants
     frame = frame.set_index("recipe").loc[order].reset_index()
     first = frame.iloc[0]
     col = recipes.SETTINGS.get((int(first["n_way"]), int(first["k_shot"])))
@@ -186,6 +201,10 @@ def table2_markdown(frame: pd.DataFrame, out: Path, variants: pd.DataFrame | Non
             f"| {spec.label} | **{_pct(r.accuracy, r.ci95)}** ({r.evaluation}) | "
             f"{_pct(r.acc_as_trained, r.ci95_as_trained)} | {_pct(r.acc_plain_gd, r.ci95_plain_gd)} "
             f"| {_num(m['s_per_iteration'], '.2f')} | {_num(m['breakdown_rate'], '.0%')} | {ref} |")
+    if several:
+        lines += ["", "Accuracy: the mean over seeds, ± the 95% interval of that mean across "
+                  "seeds; the adaptation columns are means over seeds.", ""]
+        lines += seed_lines(by_seed, out, order)
     both = pd.concat([frame, variants]) if variants is not None else frame
     lines += ["", "## Targets", ""] + _target_lines(targets(both.drop_duplicates("recipe")))
     missed = diagnoses(both.drop_duplicates("recipe"), out)
@@ -433,3 +452,106 @@ def plot_curves(frame: pd.DataFrame, out: Path, path: Path, title: str) -> Path:
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per recipe: its lowest seed's row (settings, provenance, run folder) with the
+    accuracies averaged over its seeds, ``ci95`` the 95% t-interval of that mean across
+    seeds, ``seed_sd`` the standard deviation across seeds and ``seeds`` their number."""
+    frame = frame.sort_values("train_seed")
+    g = frame.groupby("recipe", sort=False)
+    out = g.first()
+    for acc in ("accuracy", "acc_as_trained", "acc_plain_gd"):
+        out[acc] = g[acc].mean()
+    out["seeds"] = g.size()
+    out["seed_sd"] = g.accuracy.std(ddof=1)
+    out["ci95"] = [_t_half(sd, n) for sd, n in zip(out.seed_sd, out.seeds)]
+    return out.reset_index()
+
+
+def _t_half(sd: float, n: int) -> float:
+    from scipy.stats import t
+    return float(t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else np.nan
+
+
+def paired_difference(frame: pd.DataFrame, out: Path, a: str, b: str) -> dict:
+    """a minus b, paired by seed (the same initialisation and task stream) and by held-out
+    task (the same tasks): the mean over seeds of each seed's mean task-wise difference,
+    with its 95% t-interval across seeds; ``resolved`` when the interval excludes 0."""
+    diffs = []
+    for seed in sorted(set(frame[frame.recipe == a].train_seed)
+                       & set(frame[frame.recipe == b].train_seed)):
+        rows = [frame[(frame.recipe == r) & (frame.train_seed == seed)].iloc[0] for r in (a, b)]
+        tasks = [pd.read_csv(run_dir(out, r) / "eval_tasks.csv")[r["evaluation"]]
+                 for r in rows]
+        diffs.append(float((tasks[0] - tasks[1]).mean()))
+    d = np.asarray(diffs)
+    half = _t_half(float(d.std(ddof=1)), len(d)) if len(d) > 1 else np.nan
+    mean = float(d.mean()) if len(d) else np.nan
+    return {"a": a, "b": b, "mean": mean, "half": half, "seeds": len(d),
+            "resolved": bool(len(d) > 1 and abs(mean) > half)}
+
+
+def seed_lines(frame: pd.DataFrame, out: Path, order: list[str]) -> list[str]:
+    """The per-seed table and the orderings the seed spread resolves."""
+    seeds = sorted(set(frame.train_seed))
+    lines = ["## Across seeds", "",
+             f"Seeds {', '.join(map(str, seeds))} (initialisation and task stream); each "
+             "seed's accuracy with its 95% interval over the held-out tasks, then the mean "
+             "over seeds and the standard deviation across them.", "",
+             "| method | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd across seeds |",
+             "|---|" + "---|" * (len(seeds) + 2)]
+    for recipe in order:
+        mine = frame[frame.recipe == recipe].set_index("train_seed")
+        cells = [_pct(mine.loc[s, "accuracy"], mine.loc[s, "ci95"]) if s in mine.index else "-"
+                 for s in seeds]
+        lines.append(f"| {recipes.RECIPES[recipe].label} | " + " | ".join(cells) +
+                     f" | {100 * mine.accuracy.mean():.1f} | {100 * mine.accuracy.std(ddof=1):.1f} |")
+    means = frame.groupby("recipe").accuracy.mean().loc[order].sort_values(ascending=False)
+    lines += ["", "Orderings, neighbours by mean accuracy (differences paired by seed and by "
+              "held-out task; 95% t-interval across seeds):", ""]
+    for a, b in zip(means.index[:-1], means.index[1:]):
+        d = paired_difference(frame, out, a, b)
+        verdict = (f"{a} above {b}" if d["resolved"] else
+                   f"{a} and {b}: unresolved (the seed spread covers the difference)")
+        lines.append(f"- {100 * d['mean']:+.1f} ± {100 * d['half']:.1f} points over "
+                     f"{d['seeds']} seeds: {verdict}.")
+    return lines
+
+
+def choice_markdown(frame: pd.DataFrame, out: Path, tested: pd.DataFrame) -> str:
+    """The default iMAML recipe chosen by the seed mean on validation characters (``frame``);
+    then the chosen recipe's score on the held-out test characters (``tested``, where those
+    runs exist), and whether the choice differs from ``recipes.DEFAULT_IMAML``."""
+    means = seed_means(frame).set_index("recipe")
+    order = list(means.accuracy.sort_values(ascending=False).index)
+    chosen, default = order[0], recipes.DEFAULT_IMAML
+    first = frame.iloc[0]
+    lines = ["# The default iMAML recipe, chosen on validation characters", "",
+             "Generated by `python -m suite.omniglot choose`.", "",
+             f"Each candidate trains on the meta-training characters less "
+             f"{first['heldout'].removeprefix('validation')} validation characters and is "
+             "scored on tasks of those; the held-out test characters play no part. "
+             + setting_line(frame), "",
+             "| candidate | validation accuracy % (mean over seeds ± 95% across seeds) | seeds |",
+             "|---|---|---|"]
+    for r in order:
+        lines.append(f"| {recipes.RECIPES[r].label} | {_pct(means.loc[r, 'accuracy'], means.loc[r, 'ci95'])} "
+                     f"| {int(means.loc[r, 'seeds'])} |")
+    lines += [""] + seed_lines(frame, out, order)[-len(order) - 1:]
+    runner_up = paired_difference(frame, out, chosen, order[1]) if len(order) > 1 else None
+    lines += ["", f"**Chosen: {chosen}** (highest mean over seeds)" + (
+        "" if runner_up is None or runner_up["resolved"] else
+        f"; its lead over {order[1]} is within the seed spread, so the choice among them is "
+        "a tie broken by the mean") + ". " + (
+        "It is the current default: the choice did not change." if chosen == default else
+        f"The current default is {default}: the choice changed; set "
+        "`recipes.DEFAULT_IMAML` to it and retrain Table 2's iMAML row.")]
+    if len(tested):
+        test = seed_means(tested).set_index("recipe")
+        if chosen in test.index:
+            r = test.loc[chosen]
+            lines += ["", f"Held-out test characters, after choosing: {chosen} scores "
+                      f"{_pct(r.accuracy, r.ci95)}% over {int(r.seeds)} seed(s) "
+                      "(`reports/table2.md`)."]
+    return "\n".join(lines) + "\n"

@@ -440,7 +440,7 @@ def _flush(learner, cfg, out, rngs, rows, curve, world):
 def evaluate(cfg: TrainConfig, theta: torch.Tensor, chars: Characters, *,
              tasks: int | None = None, seed: int = EVAL_SEED,
              adaptations=recipes.EVALUATIONS, world: World = World(), lam=None) -> dict:
-    """{adaptation: {"accuracy", "ci95", "tasks"}}: mean query accuracy over held-out tasks
+    """{adaptation: {"accuracy", "ci95", "tasks", "per_task"}}: mean query accuracy over held-out tasks
     (the same tasks for every adaptation) with a 95% interval, adapting "as-trained" (the
     recipe's own inner loop, with ``lam`` if given: a learned one) and/or by "plain-gd" (GD
     on the training loss, lam = 0). With
@@ -470,7 +470,8 @@ def evaluate(cfg: TrainConfig, theta: torch.Tensor, chars: Characters, *,
     for a, acc in scores.items():
         acc = np.asarray(world.merge(tasks, acc))
         half = 1.96 * acc.std(ddof=1) / math.sqrt(len(acc)) if len(acc) > 1 else math.nan
-        result[a] = {"accuracy": float(acc.mean()), "ci95": float(half), "tasks": len(acc)}
+        result[a] = {"accuracy": float(acc.mean()), "ci95": float(half), "tasks": len(acc),
+                     "per_task": acc.tolist()}
     return result
 
 
