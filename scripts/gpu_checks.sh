@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, in one run of under 5 minutes on one H100 / H200:
-#   scripts/gpu_checks.sh OUT_DIR        (PY=python3 by default; the [peers] extra installed)
+#   scripts/gpu_checks.sh OUT_DIR        (PY: .venv/bin/python when it exists, else python3)
 # - the CUDA tests (allocator against LiveBytes, vmap against the loop on CUDA, peers);
 # - the meta-batch benchmarks on CUDA (20-way 5-shot, 16 tasks, loop against vmap);
 # - live tensor bytes against the CUDA allocator, cuDNN on and off;

@@ -1,7 +1,11 @@
 # Sourced by the GPU check scripts: PY, the OUT_DIR in $out (made), `stage LIMIT CMD...` which
 # runs one stage under its own time limit and records a failure in $failed (the next stage
 # runs), and the device and torch lines every log starts with.
-PY=${PY:-python3}
+# The project's virtual environment (make venv) when there is one, else python3.
+default_py=python3
+[ -x "$(dirname "${BASH_SOURCE[0]}")/../.venv/bin/python" ] && \
+    default_py="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/python"
+PY=${PY:-$default_py}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 failed=0

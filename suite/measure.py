@@ -212,7 +212,3 @@ def time_calls(fns: dict, *, repeats: int = 5, threads: int | None = None,
         out[name] = Timing(statistics.median(ts), q3 - q1, repeats, threads)
     return out
 
-
-def time_call(fn, *, repeats: int = 5, threads: int | None = None, warmup: int = 1) -> Timing:
-    """``time_calls`` for a single function."""
-    return time_calls({"fn": fn}, repeats=repeats, threads=threads, warmup=warmup)["fn"]

@@ -16,6 +16,11 @@ Kinds of metric and their rule (``now`` fails when it is worse than the baseline
   [baseline / 1.5, baseline x 1.5]: shared machines shift absolute times by 5-50%, ratios
   much less, and a real regression (an extra HVP per step, a graph kept by mistake)
   moves them by more. Absolute times are never gated.
+- ``accuracy``: held-out Omniglot accuracy of each Table 2 recipe after a short training
+  (``suite.learning``, about 6 minutes for all); must stay within the baseline's tolerance,
+  3 sqrt(2) x the recipe's standard deviation across seeds at that length (``python -m
+  suite.learning`` measures it into results/learning_seeds.csv; the reasoning is there).
+  ``--skip-learning`` leaves it out.
 """
 from __future__ import annotations
 
@@ -69,6 +74,13 @@ def compare(baseline: dict, now: dict) -> list[Verdict]:
         elif kind == "ratio":
             lo, hi = base / RATIO_BAND, base * RATIO_BAND
             ok, rule = lo <= value <= hi, f"in [{lo:.2f}, {hi:.2f}]"
+        elif kind == "accuracy":
+            tol = baseline[name].get("tolerance")
+            if tol is None:
+                verdicts.append(Verdict(name, kind, base, value, False, "no tolerance: "
+                                        "python -m suite.learning, then --update"))
+                continue
+            ok, rule = abs(value - base) <= tol, f"within ±{tol:.3f}"
         else:
             raise ValueError(f"unknown metric kind {kind!r} for {name}")
         verdicts.append(Verdict(name, kind, base, value, bool(ok and value == value), rule))
@@ -90,13 +102,16 @@ def gate_runs(methods=None) -> list[tuple[str, str, dict]]:
     return [r for r in runs if methods is None or r[1] in methods]
 
 
-def measure(methods=None) -> dict:
-    """The gated metrics (about half a minute on 2 CPU cores); with ``methods``, only those
-    methods' synthetic metrics (seconds: a new method's baselines)."""
+def measure(methods=None, learning: bool = True) -> dict:
+    """The gated metrics (about half a minute on 2 CPU cores, and the learning check's six
+    minutes with ``learning``); with ``methods``, only those methods' synthetic metrics
+    (seconds: a new method's baselines)."""
     metrics: dict = {}
 
-    def put(name, kind, value):
+    def put(name, kind, value, tolerance=None):
         metrics[name] = {"kind": kind, "value": float(value)}
+        if tolerance is not None:
+            metrics[name]["tolerance"] = float(tolerance)
 
     w = synthetic_workload(dim=20, kappa=100.0, lam=1.0, seed=0)
     task, theta, exact = w.tasks[0], w.theta, w.exact()
@@ -124,6 +139,9 @@ def measure(methods=None) -> dict:
             put(f"cnn20w5s/time_ratio/{name.replace('-', '_')}_over_fomaml", "ratio",
                 times[name].median_s / times["fomaml"].median_s)
     batched_memory(put)
+    if learning:
+        from .learning import gate_metrics
+        gate_metrics(put)
     return metrics
 
 
@@ -169,6 +187,8 @@ def main(argv=None) -> int:
                         "metrics (default: every metric)")
     parser.add_argument("--baseline", type=Path, default=BASELINE,
                         help="baseline JSON file (default: results/baselines/regress.json)")
+    parser.add_argument("--skip-learning", action="store_true",
+                        help="leave out the learning check (Omniglot, about 6 minutes)")
     args = parser.parse_args(argv)
     if not args.update and not args.baseline.exists():
         raise cli.UsageError(f"no baseline at {args.baseline}: run with --update once, on purpose")
@@ -180,7 +200,7 @@ def main(argv=None) -> int:
     if args.update and args.methods:
         parser.error("--update replaces the whole baseline: it takes no --methods "
                      "(use --add --methods to record a new method's)")
-    now = measure(args.methods)
+    now = measure(args.methods, learning=not args.skip_learning)
     if args.update or args.add:
         prov = provenance(device="cpu", dtype="float64", threads=torch.get_num_threads(), seed=0)
         record = {"provenance": prov, "metrics": now}

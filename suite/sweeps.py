@@ -42,7 +42,7 @@ RESULTS = ["rel_error", "time_s", "time_iqr_s", "peak_bytes", "graph_bytes", "cu
            "nvml_used_bytes", "nvml_process_bytes"]
 COUNTS = ["n_params", "grad_evals", "hvps", "cg_iterations", "cg_residual", "repeats"]
 COLUMNS = (KEY + RESULTS + COUNTS + ["batchnorm"] + [c for c in PROVENANCE if c not in KEY]
-           + ["status", "note"])
+           + ["world_size", "status", "note"])
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 PAPER_METHODS = ("maml", "fomaml", "truncated", "imaml")   # the paper's Figure 2
 _WORKLOADS: dict = {}
@@ -187,7 +187,7 @@ def run_sweep(configs: list[dict], out: Path, *, repeats: int = 3, threads: int 
             for part in world.gather(rows):
                 if world.main:
                     for row in part:
-                        store.add({c: row.get(c) for c in COLUMNS})
+                        store.add({c: row.get(c) for c in COLUMNS} | {"world_size": world.size})
                 bar.update(len(part))
                 finished += len(part)
             cli.progress(f"{finished} of {len(configs)} points finished, kept in {out}")

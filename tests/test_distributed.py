@@ -98,6 +98,7 @@ def test_a_sweep_on_two_processes_equals_the_serial_one(tmp_path):
     one, two = (pd.read_csv(tmp_path / f).sort_values(["method", "inner_steps"])
                 .reset_index(drop=True) for f in ("one.csv", "two.csv"))
     pd.testing.assert_frame_equal(one[cols], two[cols])
+    assert set(one.world_size) == {1} and set(two.world_size) == {2}   # each row says how run
     # float64 errors of the same computation; thread counts may reorder BLAS sums.
     pd.testing.assert_series_equal(one.rel_error, two.rel_error, rtol=1e-10)
 

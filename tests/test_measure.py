@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from suite import ModuleTask, meta_gradient
-from suite.measure import LiveBytes, measure_memory, time_call
+from suite.measure import LiveBytes, measure_memory, time_calls
 from suite.solvers import GD, InnerProblem
 
 
@@ -87,11 +87,11 @@ def test_cpu_rows_say_why_cuda_columns_are_empty():
     assert "no CUDA" in f.memory_note
 
 
-def test_time_call_reports_median_and_iqr():
-    t = time_call(lambda: sum(range(1000)), repeats=5, threads=1)
+def test_time_calls_report_median_and_iqr():
+    t = time_calls({"fn": lambda: sum(range(1000))}, repeats=5, threads=1)["fn"]
     assert t.repeats == 5 and t.threads == 1 and t.median_s > 0 and t.iqr_s >= 0
     with pytest.raises(ValueError, match="repeats"):
-        time_call(lambda: None, repeats=0)
+        time_calls({"fn": lambda: None}, repeats=0)
 
 
 @pytest.mark.gpu

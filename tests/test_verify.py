@@ -82,9 +82,14 @@ def test_cli_report_card_and_exit_status(tmp_path):
                         "examples/verify/broken.py:maml_one_step_short", "--claims", "maml",
                         "--no-cost"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "one step fewer" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "suite.verify", "no_such_module:f"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "cannot be imported" in r.stderr
+
+
+def test_an_unimportable_function_is_a_one_line_refusal(capsys):
+    from suite import cli
+    from suite.verify.__main__ import main
+    assert cli.run(main, ["no_such_module:f"], prog="python -m suite.verify") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "no_such_module: cannot be imported" in line
 
 
 def _same(shown: str, printed: str) -> bool:
