@@ -41,18 +41,21 @@ def runs(tmp_path, per_task: dict, heldout="test"):
     return pd.DataFrame(rows)
 
 
-def test_paired_difference_is_the_t_interval_of_the_per_seed_task_paired_means(tmp_path):
+def test_paired_difference_is_the_t_interval_of_the_per_seed_differences(tmp_path):
     # a - b per seed: task differences (0.1, 0.3) -> 0.2; (0.0, 0.2) -> 0.1; (0.3, 0.3) -> 0.3
     frame = runs(tmp_path, {("maml", 0): [0.6, 0.8], ("fomaml", 0): [0.5, 0.5],
                             ("maml", 1): [0.5, 0.7], ("fomaml", 1): [0.5, 0.5],
                             ("maml", 2): [0.8, 0.8], ("fomaml", 2): [0.5, 0.5]})
-    d = report.paired_difference(frame, tmp_path, "maml", "fomaml")
+    d = report.paired_difference(frame, "maml", "fomaml")
+    tasks = [pd.read_csv(report.run_dir(tmp_path, r) / "eval_tasks.csv")["as-trained"]
+             for _, r in frame.iterrows()]
+    assert [float(t.mean()) for t in tasks] == pytest.approx(list(frame.accuracy))
     # mean 0.2, sd 0.1, t(0.975, 2) = 4.3027: half = 4.3027 * 0.1 / sqrt(3) = 0.248414
     assert d["mean"] == pytest.approx(0.2) and d["half"] == pytest.approx(0.248414, rel=1e-5)
     assert d["seeds"] == 3 and not d["resolved"]          # 0.2 < 0.248: the spread covers it
     frame2 = runs(tmp_path / "b", {("maml", s): [0.7, 0.7] for s in range(3)} |
                   {("fomaml", s): [0.5, 0.5 + 0.01 * s] for s in range(3)})
-    d2 = report.paired_difference(frame2, tmp_path / "b", "maml", "fomaml")
+    d2 = report.paired_difference(frame2, "maml", "fomaml")
     # differences 0.2, 0.195, 0.19: mean 0.195, sd 0.005 -> half 0.0124: resolved
     assert d2["mean"] == pytest.approx(0.195) and d2["resolved"]
 

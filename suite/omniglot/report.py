@@ -204,7 +204,7 @@ def table2_markdown(frame: pd.DataFrame, out: Path, variants: pd.DataFrame | Non
     if several:
         lines += ["", "Accuracy: the mean over seeds, ± the 95% interval of that mean across "
                   "seeds; the adaptation columns are means over seeds.", ""]
-        lines += seed_lines(by_seed, out, order)
+        lines += seed_lines(by_seed, order)
     both = pd.concat([frame, variants]) if variants is not None else frame
     lines += ["", "## Targets", ""] + _target_lines(targets(both.drop_duplicates("recipe")))
     missed = diagnoses(both.drop_duplicates("recipe"), out)
@@ -474,25 +474,20 @@ def _t_half(sd: float, n: int) -> float:
     return float(t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else np.nan
 
 
-def paired_difference(frame: pd.DataFrame, out: Path, a: str, b: str) -> dict:
+def paired_difference(frame: pd.DataFrame, a: str, b: str) -> dict:
     """a minus b, paired by seed (the same initialisation and task stream) and by held-out
-    task (the same tasks): the mean over seeds of each seed's mean task-wise difference,
-    with its 95% t-interval across seeds; ``resolved`` when the interval excludes 0."""
-    diffs = []
-    for seed in sorted(set(frame[frame.recipe == a].train_seed)
-                       & set(frame[frame.recipe == b].train_seed)):
-        rows = [frame[(frame.recipe == r) & (frame.train_seed == seed)].iloc[0] for r in (a, b)]
-        tasks = [pd.read_csv(run_dir(out, r) / "eval_tasks.csv")[r["evaluation"]]
-                 for r in rows]
-        diffs.append(float((tasks[0] - tasks[1]).mean()))
-    d = np.asarray(diffs)
+    task (every run is scored on the same tasks, so a seed's difference of mean accuracies
+    is the mean of its task-wise differences; ``eval_tasks.csv`` keeps those): the mean over
+    seeds with its 95% t-interval across seeds; ``resolved`` when the interval excludes 0."""
+    acc = {r: frame[frame.recipe == r].set_index("train_seed").accuracy for r in (a, b)}
+    d = (acc[a] - acc[b]).dropna().to_numpy()
     half = _t_half(float(d.std(ddof=1)), len(d)) if len(d) > 1 else np.nan
     mean = float(d.mean()) if len(d) else np.nan
     return {"a": a, "b": b, "mean": mean, "half": half, "seeds": len(d),
             "resolved": bool(len(d) > 1 and abs(mean) > half)}
 
 
-def seed_lines(frame: pd.DataFrame, out: Path, order: list[str]) -> list[str]:
+def seed_lines(frame: pd.DataFrame, order: list[str]) -> list[str]:
     """The per-seed table and the orderings the seed spread resolves."""
     seeds = sorted(set(frame.train_seed))
     lines = ["## Across seeds", "",
@@ -511,7 +506,7 @@ def seed_lines(frame: pd.DataFrame, out: Path, order: list[str]) -> list[str]:
     lines += ["", "Orderings, neighbours by mean accuracy (differences paired by seed and by "
               "held-out task; 95% t-interval across seeds):", ""]
     for a, b in zip(means.index[:-1], means.index[1:]):
-        d = paired_difference(frame, out, a, b)
+        d = paired_difference(frame, a, b)
         verdict = (f"{a} above {b}" if d["resolved"] else
                    f"{a} and {b}: unresolved (the seed spread covers the difference)")
         lines.append(f"- {100 * d['mean']:+.1f} ± {100 * d['half']:.1f} points over "
@@ -538,8 +533,8 @@ def choice_markdown(frame: pd.DataFrame, out: Path, tested: pd.DataFrame) -> str
     for r in order:
         lines.append(f"| {recipes.RECIPES[r].label} | {_pct(means.loc[r, 'accuracy'], means.loc[r, 'ci95'])} "
                      f"| {int(means.loc[r, 'seeds'])} |")
-    lines += [""] + seed_lines(frame, out, order)[-len(order) - 1:]
-    runner_up = paired_difference(frame, out, chosen, order[1]) if len(order) > 1 else None
+    lines += [""] + seed_lines(frame, order)[-len(order) - 1:]
+    runner_up = paired_difference(frame, chosen, order[1]) if len(order) > 1 else None
     lines += ["", f"**Chosen: {chosen}** (highest mean over seeds)" + (
         "" if runner_up is None or runner_up["resolved"] else
         f"; its lead over {order[1]} is within the seed spread, so the choice among them is "
