@@ -276,3 +276,22 @@ def test_a_torn_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
     assert "no checkpoint loads, starting over" in capsys.readouterr().err
     assert again.iteration == 4
     assert list(pd.read_csv(tmp_path / "metrics.csv").iteration) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("acc, heading", [
+    (0.379, "does not train either"),    # a 2-iteration run, below the untrained 46
+    (0.86, "stays positive definite trains"),
+    (0.465, "does not train either"),    # within the difference's interval of untrained
+    (None, "systems that stay positive definite**"),   # no untrained row: no claim
+])
+def test_the_trains_heading_is_computed_from_the_numbers(acc, heading, tmp_path):
+    reference = pd.DataFrame({"recipe": ["untrained"], "accuracy": [0.456], "ci95": [0.007]})
+    if acc is None:
+        acc, reference = 0.86, reference.iloc[:0]
+    frame = pd.DataFrame({"recipe": ["imaml-gn"], "acc_as_trained": [acc],
+                          "acc_plain_gd": [acc], "ci95_as_trained": [0.007],
+                          "setting": ["5w1s-small"]})
+    text = "\n".join(report.findings(frame, tmp_path, reference))
+    assert heading in text
+    # 86 - 45.6 > hypot(0.7, 0.7): trains; 46.5 - 45.6 = 0.9 < 0.99: not shown to train
+    assert ("trains" in text) == (heading == "stays positive definite trains")
