@@ -105,9 +105,14 @@ def cli_range(parser, flag: str, value, low: float, high: float = math.inf, *,
 
 
 def cli_out_folder(parser, flag: str, path) -> None:
-    """An output file's folder must exist: a typo should not create a new tree silently."""
+    """An output file's folder must exist: a typo should not create a new tree silently. The
+    defaults' own tree, ``out/``, is created as needed."""
     from pathlib import Path
+
+    from .cli import OUT
     folder = Path(path).resolve().parent
+    if not folder.is_dir() and folder.is_relative_to(OUT.resolve()):
+        folder.mkdir(parents=True, exist_ok=True)
     if not folder.is_dir():
         parser.error(f"{flag} {path}: the folder {folder} does not exist (create it first)")
 

@@ -20,6 +20,18 @@ import threading
 from pathlib import Path
 
 STOP_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "out"
+"""Every command's default output folder (``out/results/...``, ``out/reports/...``), ignored
+by git: a trial run never replaces the committed ``results/`` and ``reports/``. Refreshing
+those is asked for explicitly, with ``make refresh`` or ``--out`` naming them."""
+
+
+def out_path(kind: str, name: str = "") -> Path:
+    """The default path of a command's ``kind`` ("results" or "reports") output ``name``."""
+    return OUT / kind / name if name else OUT / kind
+
+
 _where = {"line": ""}
 
 

@@ -112,10 +112,11 @@ def planned_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def check_divisible(flag: str, n: int, size: int) -> None:
-    """Refuse, before any process group is joined, a meta-batch the processes cannot split."""
+def check_divisible(name: str, n: int, size: int) -> None:
+    """A meta-batch of ``n`` tasks that ``size`` processes cannot split equally: ValueError
+    naming ``name`` (the field, or the flag when a CLI checks it before joining)."""
     if n % size:
-        raise UsageError(f"{flag} {n} is not divisible by the {size} processes: every rank "
+        raise ValueError(f"{name} {n} is not divisible by the {size} processes: every rank "
                          f"must take an equal share of the meta-batch (choose a multiple of "
                          f"{size})")
 

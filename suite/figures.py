@@ -1,4 +1,5 @@
-"""Regenerate the paper's Figure 2 (a, b) and Table 1 into results/ and reports/.
+"""Regenerate the paper's Figure 2 (a, b) and Table 1 into out/results/ and out/reports/
+(``--out .``: the committed results/ and reports/, as ``make refresh`` does).
 
     python suite/figures.py                  # CPU, default scale (a few minutes on 2 cores)
     python suite/figures.py --full           # the paper's scale (kappa up to 1e4, more steps)
@@ -14,7 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -37,7 +40,7 @@ from suite.sweeps import (PAPER_METHODS, cost_points, error_points, hvp_cost,  #
 from suite.workloads import synthetic_workload  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-_OUT = {"root": ROOT}   # where results/ and reports/ go (--out)
+_OUT = {"root": cli.OUT}   # where results/ and reports/ go (--out)
 
 
 def _dir(kind: str) -> Path:
@@ -80,8 +83,6 @@ SCALES = {
         neumann=dict(kappa=10.0, dim=8, iterations=[1, 2, 5])),
 }
 LAM = 1.0
-OUTPUTS = {"fig2a": "figure2a", "fig2b": "figure2b", "table1": "table1",
-           "neumann": "linear_solvers", "frontier": "frontier"}
 # Figure 2b shows the paper's methods and the exact low-memory forms of MAML; the frontier
 # compares every exact method against iMAML and FOMAML.
 FIG2B_METHODS = (*PAPER_METHODS, "maml-checkpoint", "maml-mixed")
@@ -93,6 +94,7 @@ STYLE = {"maml": ("MAML (GD + backprop)", "C3", "o"), "fomaml": ("FOMAML", "C7",
          "maml-checkpoint": ("MAML, checkpointed (√K segments)", "C9", "^"),
          "maml-mixed": ("MAML, mixed mode", "C2", "X")}
 LINESTYLE = {"fomaml": "--", "truncated": ":", "maml-checkpoint": "-.", "maml-mixed": "-."}
+UNDERNEATH = ("fomaml", "truncated")   # Figure 2a: biased methods, drawn under the others
 _MARKERS = "XP*^<>hp"
 
 
@@ -185,8 +187,13 @@ def plot_fig2a(frame: pd.DataFrame) -> Path:
             if method in STYLE and axis_of(method) == "cg_steps":   # a colour per CG budget
                 color = {2: "C9", 5: "C0", 20: "C2", 100: "C4"}.get(int(cg), "C5")
             g = g.sort_values("inner_steps")
+            # A biased method's line is drawn under the others with large hollow markers, so
+            # that a line lying on it (iMAML with 2 CG steps, few-shot) stays visible.
+            under = method in UNDERNEATH
             ax.loglog(g.inner_steps, g.rel_error.clip(lower=1e-17), marker=marker, color=color,
-                      label=label, ms=4, lw=1.4, ls=linestyle(method))
+                      label=label, ms=8 if under else 4, lw=2.4 if under else 1.4,
+                      mfc="none" if under else color, mew=1.3, zorder=1 if under else 2,
+                      alpha=0.8 if under else 1.0, ls=linestyle(method))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("inner GD steps K (lr = 1/L)")
         ax.set_ylabel("relative error of the meta-gradient")
@@ -402,9 +409,42 @@ def save(fig, name: str) -> Path:
     return out
 
 
-def main(argv=None) -> int:
+@dataclass(frozen=True)
+class Output:
+    """One output of this command: its rows' file, how they are computed, what is drawn (or
+    written) from them, and the paper's claims checked on them."""
+    title: str
+    csv: str
+    run: Callable       # (scale's config, args, threads) -> rows
+    draw: Callable      # rows -> the figure or report written
+    verdicts: Callable  # rows -> one line per claim checked
+
+
+def _table1_report(frame: pd.DataFrame) -> Path:
+    out = _dir("reports") / "table1.md"
+    out.write_text(claims.table1_markdown(frame))
+    return out
+
+
+OUTPUTS = {
+    "fig2a": Output("Figure 2a", "figure2a", lambda cfg, a, threads: run_fig2a(
+        cfg["fig2a"], a.device, a.quiet, a.methods or PAPER_METHODS), plot_fig2a,
+        claims.figure2a),
+    "fig2b": Output("Figure 2b", "figure2b", lambda cfg, a, threads: run_fig2b(
+        cfg["fig2b"], a.device, a.quiet, a.methods or FIG2B_METHODS), plot_fig2b,
+        claims.figure2b),
+    "table1": Output("Table 1", "table1", lambda cfg, a, threads: run_table1(
+        cfg["table1"], a.device, a.quiet, threads), _table1_report, claims.table1_verdicts),
+    "neumann": Output("CG vs Neumann", "linear_solvers", lambda cfg, a, threads: run_neumann(
+        cfg["neumann"], a.device), plot_neumann, claims.linear_solvers),
+    "frontier": Output("The frontier", "frontier", lambda cfg, a, threads: run_frontier(
+        cfg["frontier"], a.device, a.quiet), plot_frontier, claims.frontier),
+}
+
+
+def build_parser() -> cli.Parser:
     parser = cli.Parser(prog="python suite/figures.py", description=__doc__,
-                                     formatter_class=HelpFormatter)
+                        formatter_class=HelpFormatter)
     parser.add_argument("--full", action="store_true",
                         help="the paper's scale: kappa up to 1e4, more steps (hours on a CPU)")
     parser.add_argument("--scale", choices=list(SCALES), default="default",
@@ -412,7 +452,7 @@ def main(argv=None) -> int:
                         "the pipeline, its numbers not meant to be read)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--from-results", action="store_true",
-                        help="re-plot from results/*.csv without computing")
+                        help="re-plot from the CSVs under --out's results/ without computing")
     parser.add_argument("--only", nargs="+", choices=list(OUTPUTS), default=list(DEFAULT_OUTPUTS),
                         help="which outputs to make (the frontier, K up to 64, about 10 more "
                         "minutes on 2 cores, is made on request)")
@@ -423,8 +463,14 @@ def main(argv=None) -> int:
                         help="registered methods in Figures 2a and 2b (plugins included; "
                         f"default: {', '.join(PAPER_METHODS)} in 2a, and "
                         f"{', '.join(FIG2B_METHODS[len(PAPER_METHODS):])} too in 2b)")
-    parser.add_argument("--out", type=Path, default=ROOT,
-                        help="folder whose results/ and reports/ receive the outputs")
+    parser.add_argument("--out", type=Path, default=cli.OUT,
+                        help="folder whose results/ and reports/ receive the outputs (default: "
+                        "out/, ignored by git; --out . refreshes the committed ones)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     cli_range(parser, "--threads", args.threads, 1)
     cli.writable_folder("--out", args.out)
@@ -437,42 +483,16 @@ def main(argv=None) -> int:
     cfg = SCALES["full" if args.full else args.scale]
     start, summary = time.perf_counter(), []
     for what in args.only:
-        csv = _dir("results") / f"{OUTPUTS[what]}.csv"
+        output = OUTPUTS[what]
+        csv = _dir("results") / f"{output.csv}.csv"
         if args.from_results:
             if not csv.exists():
                 raise cli.UsageError(f"--from-results: {csv} does not exist; run without it "
                                      "first")
             frame = pd.read_csv(csv)
-        elif what == "fig2a":
-            frame = run_fig2a(cfg["fig2a"], args.device, args.quiet,
-                              args.methods or PAPER_METHODS)
-        elif what == "fig2b":
-            frame = run_fig2b(cfg["fig2b"], args.device, args.quiet,
-                              args.methods or FIG2B_METHODS)
-        elif what == "neumann":
-            frame = run_neumann(cfg["neumann"], args.device)
-        elif what == "frontier":
-            frame = run_frontier(cfg["frontier"], args.device, args.quiet)
         else:
-            frame = run_table1(cfg["table1"], args.device, args.quiet, threads)
-        if what == "fig2a":
-            out = plot_fig2a(frame)
-            summary += [f"Figure 2a -> {_show(out)}"] + claims.figure2a(frame)
-        elif what == "fig2b":
-            out = plot_fig2b(frame)
-            summary += [f"Figure 2b -> {_show(out)}"] + claims.figure2b(frame)
-        elif what == "frontier":
-            out = plot_frontier(frame)
-            summary += [f"The frontier -> {_show(out)}"] + claims.frontier(frame)
-        elif what == "neumann":
-            out = plot_neumann(frame)
-            summary += [f"CG vs Neumann -> {_show(out)}"] + claims.linear_solvers(frame)
-        else:
-            md = claims.table1_markdown(frame)
-            out = _dir("reports") / "table1.md"
-            out.parent.mkdir(exist_ok=True)
-            out.write_text(md)
-            summary += [f"Table 1 -> {_show(out)}"] + claims.table1_verdicts(frame)
+            frame = output.run(cfg, args, threads)
+        summary += [f"{output.title} -> {_show(output.draw(frame))}"] + output.verdicts(frame)
     print("\n".join(summary))
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

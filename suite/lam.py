@@ -223,6 +223,14 @@ def plot(frame: pd.DataFrame, coords: pd.DataFrame, path: Path) -> Path:
     b.legend(fontsize=8)
     for ax in (a, b):
         ax.grid(alpha=0.3, which="both")
+    r = frame.iloc[0]
+    fig.suptitle(f"Linear-regression tasks with {int(r.dim)} weights: task weights w_i = "
+                 f"mean_i + s_i z (z ~ N(0, 1)), spreads s_i from {r.spread_min:g} to "
+                 f"{r.spread_max:g}; "
+                 f"n = {int(r.n_train)} training points,\nlabel noise σ = {r.noise:g}. λ_i weighs "
+                 "coordinate i in the inner problem's proximal term ½ Σ λ_i (φ_i − θ_i)²; "
+                 f"meta-test loss on {int(r.eval_tasks)} held-out tasks (95% interval)",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
@@ -273,9 +281,9 @@ def main(argv=None) -> int:
     p.add_argument("--eval-tasks", type=int, default=defaults.eval_tasks,
                    help="held-out tasks of the meta-test loss")
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the task family")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "learned_lam.csv",
+    p.add_argument("--out", type=Path, default=cli.out_path("results", "learned_lam.csv"),
                    help="results file (configurations already in it are not rerun)")
-    p.add_argument("--reports", type=Path, default=ROOT / "reports",
+    p.add_argument("--reports", type=Path, default=cli.out_path("reports"),
                    help="folder of learned_lam.png and learned_lam.md")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
@@ -287,8 +295,7 @@ def main(argv=None) -> int:
     if args.seed < 0:
         p.error(f"--seed must be an integer >= 0, got {args.seed}")
     cli_out_folder(p, "--out", args.out)
-    if not args.reports.is_dir():
-        p.error(f"--reports {args.reports}: the folder does not exist (create it first)")
+    cli_out_folder(p, "--reports", args.reports / "learned_lam.md")
     cfg = LamConfig(iterations=args.iterations, meta_batch=args.meta_batch,
                     eval_tasks=args.eval_tasks, seed=args.seed)
     coordinates = args.out.with_name(args.out.stem + "_coordinates.csv")

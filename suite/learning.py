@@ -60,7 +60,7 @@ def accuracy(recipe: str, seed: int = 0, split=None) -> dict:
         learner = train(cfg, train_chars, Path(out))
     score = evaluate(cfg, learner.theta.detach(), test_chars,
                      adaptations=(cfg.spec.evaluation,), lam=learner.lam(cfg))
-    return {"recipe": recipe, "seed": seed, "recipe_spec": cfg.spec.spec(),
+    return {"recipe": recipe, "seed": seed, "recipe_spec": cfg.spec.signature(),
             "accuracy": score[cfg.spec.evaluation]["accuracy"],
             "seconds": round(time.perf_counter() - start, 1)}
 
@@ -71,7 +71,7 @@ def tolerances(path: Path = SPREAD) -> dict[str, float]:
     if not path.exists():
         return {}
     frame = pd.read_csv(path)
-    specs = {n: recipes.get(n).spec() for n in recipes.TABLE2_RECIPES}
+    specs = {n: recipes.get(n).signature() for n in recipes.TABLE2_RECIPES}
     frame = frame[frame.recipe_spec == frame.recipe.map(specs)]
     return {r: SIGMAS * float(g.accuracy.std(ddof=1)) for r, g in frame.groupby("recipe")
             if len(g) >= 3}
@@ -95,7 +95,9 @@ def main(argv=None) -> int:
                         help="seeds to train each recipe at")
     parser.add_argument("--recipes", nargs="+", choices=recipes.names(),
                         default=recipes.TABLE2_RECIPES, help="which recipes")
-    parser.add_argument("--out", type=Path, default=SPREAD, help="rows (resumed if present)")
+    parser.add_argument("--out", type=Path, default=cli.out_path("results", SPREAD.name),
+                        help="rows (resumed if present; the gate reads the committed "
+                        "results/learning_seeds.csv)")
     args = parser.parse_args(argv)
     if min(args.seeds) < 0:
         parser.error(f"--seeds must be integers >= 0, got {args.seeds}")
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     store = ResultsStore(args.out, ["recipe", "seed", "recipe_spec"], ["accuracy"])
     for recipe in args.recipes:
         for seed in args.seeds:
-            key = {"recipe": recipe, "seed": seed, "recipe_spec": recipes.get(recipe).spec()}
+            key = {"recipe": recipe, "seed": seed, "recipe_spec": recipes.get(recipe).signature()}
             if store.done(key):
                 continue
             cli.progress(f"{recipe} at seed {seed}; finished rows are in {args.out}")

@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from .fastest import UNMEASURED, fastest
+
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 CG_MODES = ("raise", "return", "continue")
 
@@ -357,17 +359,15 @@ def forward_over_reverse_at(loss_fn: Callable[[torch.Tensor], torch.Tensor], phi
 HVP_PRODUCTS: dict[str, Callable] = {"reverse": hvp_at, "forward": forward_over_reverse_at}
 """Exact Hessian-vector products: name -> ``product_at(loss_fn, phi) -> (grad, v -> H v)``."""
 
-FASTEST_HVP = {"cpu": "reverse", "cuda": "reverse"}
-"""The product ``hvp="auto"`` takes per device type, measured by ``python -m suite.sweeps
-hvp-cost`` on the BatchNorm CNN: reverse-over-reverse on the kept graph is the cheaper exact
-product for every BatchNorm on the CPU (``results/hvp_cost_cpu.csv``) and on an H200
-(``results/gpu/hvp_cost_h200.csv``: 2.6 gradients against 6.7 to 9.1 forward-over-reverse)."""
+FASTEST_HVP = fastest("hvp")
+"""The product ``hvp="auto"`` takes per device type: measured by ``python -m suite.sweeps
+hvp-cost`` and recorded in ``results/fastest.json`` (see ``suite.fastest``)."""
 
 
 def hvp_product(name: str, device) -> Callable:
     """The product named ``name`` ("auto": ``FASTEST_HVP`` for ``device``'s type)."""
     if name == "auto":
-        name = FASTEST_HVP.get(torch.device(device).type, "reverse")
+        name = FASTEST_HVP.get(torch.device(device).type, UNMEASURED["hvp"])
     if name not in HVP_PRODUCTS:
         raise ValueError(f"hvp must be 'auto' or one of {sorted(HVP_PRODUCTS)}, got {name!r}")
     return HVP_PRODUCTS[name]

@@ -25,7 +25,7 @@ from .linalg import (BREAKDOWN_POLICIES, HVP_PRODUCTS, LINEAR_SOLVERS, hvp_produ
                      solve_implicit)
 from .registry import METHODS, Method, Option, get_method, register_method
 from .solvers import InnerProblem, backtracking_step, run_solver
-from .tasks import num_parameters
+from .tasks import OutputTask, Task, num_parameters
 
 EXACT_MAX_DIM = 4096
 """Largest parameter count for ``"exact"`` (it forms the dense Hessian: d^2 entries)."""
@@ -245,8 +245,7 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
         raise ValueError("lam_grad: the 'official' curvature's matrix does not come from the "
                          "prox term, so it has no gradient in lam; use 'hessian', "
                          "'gauss-newton' or 'damped'")
-    if curvature.needs_outputs and not all(
-            callable(getattr(task, a, None)) for a in ("train_outputs", "train_output_loss")):
+    if curvature.needs_outputs and not isinstance(task, OutputTask):
         raise TypeError(f"curvature 'gauss-newton' needs the model's outputs: the task must have "
                         f"train_outputs(phi) and train_output_loss(outputs) (ModuleTask and "
                         f"LinearRegressionTask do); {type(task).__name__} has not")
@@ -388,9 +387,10 @@ for _method in (
 
 def _validate(spec: Method, task, theta, lam, solver, options: dict):
     """(lam, options) checked once, from the method's declared needs and option ranges."""
-    for attr in ("train_loss", "test_loss"):
-        if not callable(getattr(task, attr, None)):
-            raise TypeError(f"task must have a callable {attr}(phi); got {type(task).__name__}")
+    missing = [a for a in ("train_loss", "test_loss") if not callable(getattr(task, a, None))]
+    if missing or not isinstance(task, Task):   # isinstance alone checks presence, not calls
+        raise TypeError(f"task must have a callable {missing[0]}(phi) (the suite.Task "
+                        f"protocol); got {type(task).__name__}")
     check_finite("theta", theta)
     if not theta.is_floating_point() or theta.ndim != 1:
         raise ValueError(f"theta must be a 1-D floating-point tensor, got dtype {theta.dtype} "

@@ -304,9 +304,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats (median, IQR)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (None: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "peers.csv",
+    parser.add_argument("--out", type=Path, default=cli.out_path("results", "peers.csv"),
                         help="CSV of rows (resumed if present)")
-    parser.add_argument("--report", type=Path, default=ROOT / "reports" / "peers.md",
+    parser.add_argument("--report", type=Path, default=cli.out_path("reports", "peers.md"),
                         help="markdown report to write")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the report from the rows in --out (no measurement)")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import synthetic
 
-from . import cli
+from . import cli, fastest
 from .checks import HelpFormatter, check_device, check_int, cli_out_folder, cli_range
 from .distributed import World, close, init
 from .curvature import gauss_newton_at
@@ -322,7 +322,8 @@ def cnn_products(*, n_way: int, k_shot: int, device, repeats: int, threads: int 
 
 
 def _common_args(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--out", type=Path, default=Path(out), help="CSV to write (resumed if present)")
+    p.add_argument("--out", type=Path, default=cli.out_path("results", out),
+                   help="CSV to write (resumed if present)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="None: float64 for synthetic tasks, float32 for the CNN")
@@ -352,6 +353,9 @@ def check_arguments(parser, args) -> None:
     # --repeats 0: errors and memory only, no timing (what ranks sharing one CPU must use);
     # hvp-cost is a timing and needs at least one
     timed = 1 if getattr(args, "command", None) == "hvp-cost" else 0
+    if getattr(args, "record_fastest", False) and args.out is None:
+        parser.error("--record-fastest records the choice with the rows it comes from: give "
+                     "--out (e.g. results/hvp_cost_cpu.csv)")
     for flag, low in (("n_way", 2), ("k_shot", 1), ("repeats", timed), ("threads", 1),
                       ("meta_batch", 1), ("steps", 1), ("cg_steps", 1), ("truncate", 1),
                       ("dim", 1), ("n_train", 1)):
@@ -372,13 +376,13 @@ def check_arguments(parser, args) -> None:
                          f"{', '.join(n for n, s in SOLVERS.items() if s.differentiable)})")
 
 
-def main(argv=None) -> int:
+def build_parser() -> cli.Parser:
     parser = cli.Parser(prog="python -m suite.sweeps", description=__doc__,
-                                     formatter_class=HelpFormatter)
+                        formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     e = sub.add_parser("error", help="meta-gradient error on synthetic tasks",
                        formatter_class=HelpFormatter)
-    _common_args(e, "results/error_sweep.csv")
+    _common_args(e, "error_sweep.csv")
     e.add_argument("--kappas", type=float, nargs="+", default=[10.0, 100.0, 1000.0],
                    help="condition numbers of G")
     e.add_argument("--dim", type=int, default=20, help="parameters of the synthetic task")
@@ -386,7 +390,7 @@ def main(argv=None) -> int:
                    help="training points per task (None: 2 x dim; < dim: few-shot)")
     c = sub.add_parser("cost", help="time and memory (synthetic or the 4-layer CNN)",
                        formatter_class=HelpFormatter)
-    _common_args(c, "results/cost_sweep.csv")
+    _common_args(c, "cost_sweep.csv")
     c.add_argument("--workload", choices=["cnn", "synthetic"], default="cnn",
                    help="the 4-layer CNN on random images, or a synthetic regression")
     c.add_argument("--n-way", type=int, default=20, help="CNN: classes per task")
@@ -412,6 +416,55 @@ def main(argv=None) -> int:
                    "curvature of L): a larger lam needs a smaller step)")
     h.add_argument("--out", type=Path, default=None,
                    help="also write the rows to this CSV (e.g. results/hvp_cost_cpu.csv)")
+    h.add_argument("--record-fastest", action="store_true",
+                   help="record this device type's fastest exact product and BatchNorm in "
+                   "results/fastest.json (hvp='auto' and batchnorm='auto' read it at import); "
+                   "needs --out, the rows it is read from")
+    return parser
+
+
+def hvp_cost_main(args) -> int:
+    """``hvp-cost``: time every product with every BatchNorm, print the costs, write the rows."""
+    import pandas as pd
+    rows = pd.DataFrame(cnn_products(n_way=args.n_way, k_shot=args.k_shot, device=args.device,
+                                     repeats=args.repeats, threads=args.threads, lam=args.lam,
+                                     lr=args.lr))
+    print(f"{args.n_way}-way {args.k_shot}-shot CNN, {rows.device_name.iloc[0]}, "
+          f"{rows.threads.iloc[0]} threads; costs in gradients of the native model's "
+          "training loss (and of the row's own model):")
+    for r in rows.itertuples():
+        if r.what.startswith("imaml /"):
+            print(f"  {r.batchnorm:9s} {r.what:32s} {r.in_own_gradients:.3f} "
+                  f"(ideal {r.ideal:.3f}: {r.over_ideal:.3f} of it)")
+        else:
+            print(f"  {r.batchnorm:9s} {r.what:32s} {r.in_native_gradients:6.2f} "
+                  f"({r.in_own_gradients:.2f})")
+    if args.out is not None:
+        write_csv_atomic(rows, args.out)
+    if args.record_fastest:
+        choice = fastest.record(rows, torch.device(args.device).type, str(args.out))
+        print(f"recorded in {fastest.RECORD}: hvp='auto' is {choice['hvp']}, "
+              f"batchnorm='auto' is {choice['batchnorm']} on {args.device}")
+    return 0
+
+
+def sweep_points(args) -> list[dict]:
+    """The points of an ``error`` or ``cost`` sweep, from its flags."""
+    if args.command == "error":
+        return error_points(methods=args.methods, steps_list=args.steps, cg_list=args.cg_steps,
+                            kappas=args.kappas, truncate_list=args.truncate,
+                            lam=args.lam or 1.0, dim=args.dim, n_train=args.n_train,
+                            meta_batch=args.meta_batch, solver=args.solver,
+                            device=args.device, dtype=args.dtype or "float64", seed=args.seed)
+    return cost_points(workload=args.workload, methods=args.methods, steps_list=args.steps,
+                       cg_list=args.cg_steps, truncate_list=args.truncate, lam=args.lam,
+                       lr=args.lr, kappa=args.kappa, dim=args.dim, n_way=args.n_way,
+                       k_shot=args.k_shot, meta_batch=args.meta_batch, device=args.device,
+                       dtype=args.dtype, seed=args.seed, solver=args.solver)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     pin_commit()
@@ -426,37 +479,9 @@ def main(argv=None) -> int:
                          "disturb each other: use --repeats 0 (errors and memory only), one "
                          "device per rank (--device cuda), or --shared-timing to accept it")
     if args.command == "hvp-cost":
-        import pandas as pd
-        rows = pd.DataFrame(cnn_products(n_way=args.n_way, k_shot=args.k_shot,
-                                         device=args.device, repeats=args.repeats,
-                                         threads=args.threads, lam=args.lam, lr=args.lr))
-        print(f"{args.n_way}-way {args.k_shot}-shot CNN, {rows.device_name.iloc[0]}, "
-              f"{rows.threads.iloc[0]} threads; costs in gradients of the native model's "
-              "training loss (and of the row's own model):")
-        for r in rows.itertuples():
-            if r.what.startswith("imaml /"):
-                print(f"  {r.batchnorm:9s} {r.what:32s} {r.in_own_gradients:.3f} "
-                      f"(ideal {r.ideal:.3f}: {r.over_ideal:.3f} of it)")
-            else:
-                print(f"  {r.batchnorm:9s} {r.what:32s} {r.in_native_gradients:6.2f} "
-                      f"({r.in_own_gradients:.2f})")
-        if args.out is not None:
-            write_csv_atomic(rows, args.out)
-        return 0
-    if args.command == "error":
-        points = error_points(methods=args.methods, steps_list=args.steps, cg_list=args.cg_steps,
-                              kappas=args.kappas, truncate_list=args.truncate,
-                              lam=args.lam or 1.0, dim=args.dim, n_train=args.n_train,
-                              meta_batch=args.meta_batch, solver=args.solver,
-                              device=args.device, dtype=args.dtype or "float64", seed=args.seed)
-    else:
-        points = cost_points(workload=args.workload, methods=args.methods, steps_list=args.steps,
-                             cg_list=args.cg_steps, truncate_list=args.truncate, lam=args.lam,
-                             lr=args.lr, kappa=args.kappa, dim=args.dim, n_way=args.n_way,
-                             k_shot=args.k_shot, meta_batch=args.meta_batch, device=args.device,
-                             dtype=args.dtype, seed=args.seed, solver=args.solver)
+        return hvp_cost_main(args)
     try:
-        store = run_sweep(points, args.out, repeats=args.repeats, threads=args.threads,
+        store = run_sweep(sweep_points(args), args.out, repeats=args.repeats, threads=args.threads,
                           interleave=("kappa", "inner_steps"),
                           progress=not args.quiet, desc=args.command, world=world)
     except BaseException:

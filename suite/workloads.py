@@ -11,6 +11,7 @@ import synthetic
 
 from .batchnorm import ClosedFormBatchNorm2d
 from .checks import check_int
+from .fastest import UNMEASURED, fastest
 from .tasks import LinearRegressionTask, ModuleTask
 
 
@@ -69,23 +70,20 @@ class PrimitiveBatchNorm2d(nn.BatchNorm2d):
 BATCHNORMS = {"native": lambda c: nn.BatchNorm2d(c, track_running_stats=False),
               "primitive": PrimitiveBatchNorm2d, "closed-form": ClosedFormBatchNorm2d}
 
-FASTEST_BATCHNORM = {"cpu": "closed-form", "cuda": "native"}
-"""The BatchNorm ``cnn_tasks(batchnorm="auto")`` takes per device type, by iMAML's time per
-meta-gradient in ``python -m suite.sweeps hvp-cost`` on its default 20-way 5-shot tasks (all
-the same function). The choice depends on the size: on 5-way 1-shot tasks (5 images) the
-per-operation overhead dominates and native is faster on the CPU too
-(``results/hvp_cost_cpu_5w1s.csv``), so conv4 and the Omniglot runs name theirs. CPU
-(``results/hvp_cost_cpu.csv``): the closed form's double backward makes the HVP the cheapest
-and its gradient runs the native kernels. CUDA (``results/gpu/hvp_cost_h200_rerun.csv``, an
-H200): its HVP is a little cheaper than native's but its gradient costs 1.27 native ones (the
-native module takes cuDNN's kernels; the network is launch-bound), so native is faster."""
+FASTEST_BATCHNORM = fastest("batchnorm")
+"""The BatchNorm ``cnn_tasks(batchnorm="auto")`` takes per device type: the one whose iMAML
+meta-gradient ``python -m suite.sweeps hvp-cost`` timed fastest on its default 20-way 5-shot
+tasks (all compute the same function), recorded in ``results/fastest.json``
+(``suite.fastest``). The choice depends on the size: on 5-way 1-shot tasks per-operation
+overhead dominates and native is faster on the CPU too (``results/hvp_cost_cpu_5w1s.csv``), so
+conv4 and the Omniglot runs name theirs."""
 
 
 def resolve_batchnorm(batchnorm: str, device) -> str:
     """``batchnorm`` checked against ``BATCHNORMS``; "auto": ``FASTEST_BATCHNORM`` for
     ``device``'s type (native where unmeasured)."""
     if batchnorm == "auto":
-        return FASTEST_BATCHNORM.get(torch.device(device).type, "native")
+        return FASTEST_BATCHNORM.get(torch.device(device).type, UNMEASURED["batchnorm"])
     if batchnorm not in BATCHNORMS:
         raise ValueError(f"batchnorm must be 'auto' or one of {sorted(BATCHNORMS)}, got "
                          f"{batchnorm!r}")

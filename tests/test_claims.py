@@ -71,12 +71,7 @@ def test_linear_solver_claim_follows_the_numbers():
 
 
 def test_neumann_figure_on_a_small_task(tmp_path, monkeypatch):
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "figures", Path(__file__).resolve().parents[1] / "suite" / "figures.py")
-    figures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figures)
+    from suite import figures
     monkeypatch.setitem(figures._OUT, "root", tmp_path)   # what --out sets
     frame = figures.run_neumann(dict(kappa=10.0, dim=8, iterations=[1, 8, 30, 200]), "cpu")
     assert (tmp_path / "results" / "linear_solvers.csv").exists()

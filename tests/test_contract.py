@@ -93,7 +93,6 @@ def test_contract(method, solver_name, quad):
         return
     result = meta_gradient(method, task, theta, lam=LAM, solver=solver, **options)
     assert result.grad.shape == theta.shape and result.grad.dtype == theta.dtype
-    assert np.all(np.isfinite(result.grad.numpy()))
     want = reference(spec, ref, theta_np, solver_name, solver, result.phi.numpy(), options)
     # Every reference is a float64 closed form at the same phi: what separates the method
     # from it is rounding (K steps of a contraction: ~K eps; a Cholesky or a converged

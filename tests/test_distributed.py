@@ -21,7 +21,7 @@ import torch.multiprocessing as mp
 import dist_workers as w
 from suite import ModuleTask, sweeps
 from suite.distributed import World
-from suite.omniglot.train import TrainConfig, check_divisible_meta_batch, train
+from suite.omniglot.train import TrainConfig, train
 from suite.workloads import conv4
 
 
@@ -105,8 +105,9 @@ def test_a_sweep_on_two_processes_equals_the_serial_one(tmp_path):
 
 
 def test_refusals(tmp_path, monkeypatch, capsys):
-    with pytest.raises(ValueError, match="meta_batch 4 is not divisible by the 3 processes"):
-        check_divisible_meta_batch(TrainConfig("maml", meta_batch=4), World(0, 3))
+    with pytest.raises(ValueError, match="meta_batch 4 is not divisible by the 3 processes: "
+                       "every rank"):
+        train(TrainConfig("maml", meta_batch=4), None, tmp_path / "run", world=World(0, 3))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr(sweeps, "init", lambda device: (World(0, 2), device))
     with pytest.raises(SystemExit, match="share this machine's CPU"):

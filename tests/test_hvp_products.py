@@ -102,6 +102,30 @@ def test_auto_batchnorm_is_the_fastest_measured_per_device():
         conv4(2, batchnorm="auto")
 
 
+def test_recorded_fastest_choices_are_what_their_rows_say(tmp_path):
+    """results/fastest.json, which hvp='auto' and batchnorm='auto' read, holds what
+    fastest.choose reads off the committed hvp-cost rows it names; record() keeps the other
+    device types."""
+    import pandas as pd
+    from suite import fastest
+    recorded = fastest.load()
+    assert set(recorded) == {"cpu", "cuda"}
+    root = fastest.RECORD.parents[1]
+    for device, choice in recorded.items():
+        rows = pd.read_csv(root / choice["source"])
+        assert fastest.choose(rows) == {k: choice[k] for k in ("hvp", "batchnorm")}, device
+        assert set(rows.device.map(lambda d: d.split(":")[0])) == {device}
+    assert FASTEST_HVP == fastest.fastest("hvp") and FASTEST_BATCHNORM == fastest.fastest(
+        "batchnorm")
+    cpu = pd.read_csv(root / recorded["cpu"]["source"])
+    slower = cpu.copy()
+    slower.loc[(slower.batchnorm == "native") & (slower.what == "imaml"), "seconds"] = 1e-3
+    path = tmp_path / "fastest.json"
+    path.write_text(fastest.RECORD.read_text())
+    assert fastest.record(slower, "cpu", "x.csv", path)["batchnorm"] == "native"
+    assert fastest.load(path)["cuda"] == recorded["cuda"]
+
+
 def test_closed_form_batchnorm_refuses_bad_input():
     with pytest.raises(ValueError, match="affine=True"):
         ClosedFormBatchNorm2d(3, affine=False)
@@ -127,8 +151,15 @@ def test_hvp_cost_rows():
         for what in ("gradient", "reverse HVP", "forward HVP", "Gauss-Newton product",
                      "gradient with its graph", "fomaml", "imaml"):
             assert (bn, what) in whats
+    seconds = {(r["batchnorm"], r["what"]): r.get("seconds") for r in rows}
     ratio = [r for r in rows if r["what"].startswith("imaml /")]
-    assert len(ratio) == len(BATCHNORMS) and all(r["ideal"] > 1 and r["over_ideal"] > 0 for r in ratio)
+    assert len(ratio) == len(BATCHNORMS)
+    for r in ratio:   # iMAML's ideal: K + 2 gradients and C products of c gradients each
+        bn = r["batchnorm"]
+        c = seconds[(bn, "reverse HVP")] / seconds[(bn, "gradient")]
+        assert r["ideal"] == pytest.approx((2 + 2 + c * 2) / (2 + 1), rel=1e-12)
+        measured = seconds[(bn, "imaml")] / seconds[(bn, "fomaml")]
+        assert r["over_ideal"] == pytest.approx(measured / r["ideal"], rel=1e-12)
     unit = [r for r in rows if r["what"] == "gradient" and r["batchnorm"] == "native"][0]
     assert unit["in_native_gradients"] == 1.0
 

@@ -54,7 +54,12 @@ def test_experiment_writes_every_output_and_resumes(tmp_path, monkeypatch):
     again = lam_experiment.run(cfg, out, coords, progress=lambda *a: None)
     assert len(again) == 5
     md = lam_experiment.markdown(again, cfg)
-    assert "Spearman" in md and "Bayes-optimal" in md
+    s = lam_experiment.summary(again)
+    assert (f"- Learned vector λ: {s['vector_loss']:.5f}, against the best scalar λ of the grid "
+            f"({s['best_scalar']}) {s['best_scalar_loss']:.5f}: {100 * s['gain']:.1f}% lower") in md
+    assert ("reached)" if s["gain_ok"] else "**not reached**)") in md
+    assert all(f"| {r.config} | {r.meta_test_loss:.5f} ± {r.ci95:.5f} |" in md
+               for r in again.itertuples())
     png = lam_experiment.plot(again, c, tmp_path / "lam.png")
     assert png.stat().st_size > 10_000
 

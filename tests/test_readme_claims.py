@@ -1,14 +1,14 @@
-"""Every number the README's results quote, read back from the committed file it comes from.
+"""Every number the README and the documentation pages quote, read back from the committed
+file it comes from.
 
-Each claim is a regular expression whose groups capture the README's numbers, and a function
-that formats the same numbers from the results files; a sentence that drifts from its file
-(or a file regenerated without updating the sentence) fails here.
+Each claim is a regular expression whose groups capture the quoted numbers, and a function that
+formats the same numbers from the results files; every place a claim's sentence appears (the
+README's headline and the docs page may both state it) must agree with the file, and a sentence
+that drifts from its file (or a file regenerated without updating the sentence) fails here.
 """
-import math
 import pathlib
 import re
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,7 +16,8 @@ from suite import claims
 from suite.omniglot import recipes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+PAGES = {path.relative_to(ROOT).as_posix(): path.read_text()
+         for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]}
 RESULTS = ROOT / "results"
 
 
@@ -90,7 +91,7 @@ def gpu_maml16():
 
 def omniglot_rows():
     f = read_results("omniglot/runs.csv")
-    specs = {n: r.spec() for n, r in recipes.RECIPES.items()}
+    specs = {n: r.signature() for n, r in recipes.RECIPES.items()}
     f = f[(f.recipe_spec == f.recipe.map(specs)) & (f.train_seed == 0) & (f.heldout == "test")]
     return f.set_index("recipe")   # the README's tables quote seed 0 on the test characters
 
@@ -166,6 +167,25 @@ CLAIMS = {
         r"the closed form's iMAML takes (\S+)x the native model's time.*?its product costs "
         r"(\S+)\s+gradients and its gradient (\S+)\.",
         lambda: hvp_costs()),
+    "table 1, the headline": (
+        r"the exponent of κ in compute\s+is (\S+) for MAML with GD, (\S+) with Nesterov AGD and (\S+) "
+        r"for iMAML \(theory (\S+), (\S+), (\S+)\); in\s+graph memory (\S+) for MAML and (\S+) for "
+        r"iMAML \(theory (\S+) and (\S+)\)",
+        lambda: table1_headline()),
+    "the frontier, the headline": (
+        r"at K = 64 mixed-mode MAML needs\s+(\S+)x iMAML's memory where backprop needs (\S+)x",
+        lambda: frontier_headline()),
+    "omniglot over seeds, the headline": (
+        (r"over (\d) seeds \(`results/omniglot/runs.csv`\): MAML (\S+ ± \S+), iMAML "
+         r"\(Gauss-Newton, λ = 0.5\) (\S+ ± \S+), first-order MAML (\S+ ± \S+) \(mean ± 95% across "
+         r"seeds\); paired by seed, MAML − iMAML is (\S+) ± (\S+) points \((\w+)\) and iMAML − "
+         r"first-order MAML (\S+) ± (\S+) \((\w+)\)").replace(" ", r"\s+"),
+        lambda: omniglot_headline()),
+    "the iMAML choice on validation characters": (
+        r"learned λ per layer leads \((\S+)\) before λ fixed at 0.5 \((\S+)\) and the paper's "
+        r"Hessian at\s+λ = 0.5 \((\S+)\), but every difference is inside the seed spread "
+        r"\((\S+) ± (\S+) points for the\s+first two",
+        lambda: choice_numbers()),
     "learned lambda": (
         r"\*\*Learned vector λ against the best scalar λ\*\*: (\S+) against (\S+)\s+\((.+?)\), "
         r"(\S+)% lower.*?gives (\S+), so the learned vector closes (\S+)% of the gap.*?"
@@ -199,6 +219,50 @@ def frontier_numbers():
             first("maml-mixed"), f"{peak.loc[64, 'maml-mixed'] / peak.loc[64, 'imaml']:.2f}",
             f"{t.loc[64, 'maml-mixed'] / t.loc[64, 'imaml']:.2f}",
             f"{gate['cnn20w5s/batched16/maml-mixed/peak_over_one_task']['value']:.1f}"]
+
+
+def table1_headline():
+    fits = {f["spec"].label: f for f in claims._fits(read_results("table1.csv"))}
+    gd, agd, imaml = (fits[k] for k in ("MAML (GD + full back-prop)",
+                                         "MAML (Nesterov AGD + full back-prop)",
+                                         "Implicit MAML (AGD inner solve + CG)"))
+    memory = lambda f: f"{f['memory_exp']:.2f}".replace("-0.00", "0.00")  # noqa: E731
+    return ([f"{f['compute_exp']:.2f}" for f in (gd, agd, imaml)]
+            + [f"{f['spec'].compute_exponent:g}" for f in (gd, agd, imaml)]
+            + [memory(gd), memory(imaml)]
+            + [f"{f['spec'].memory_exponent:g}" for f in (gd, imaml)])
+
+
+def frontier_headline():
+    f = read_results("frontier.csv")
+    c = f[(f.workload == "cnn") & (f.status == "ok")]
+    peak = c.pivot_table(index="inner_steps", columns="method", values="peak_bytes")
+    return [f"{peak.loc[64, 'maml-mixed'] / peak.loc[64, 'imaml']:.2f}",
+            f"{peak.loc[64, 'maml'] / peak.loc[64, 'imaml']:.1f}"]
+
+
+def omniglot_headline():
+    from suite.omniglot import report
+    frame = table2_over_seeds()
+    means = report.seed_means(frame).set_index("recipe")
+    values = [str(int(means.seeds.min()))] + [pct(means.loc[r, "accuracy"], means.loc[r, "ci95"])
+                                              for r in ("maml", "imaml-gn-lam0.5", "fomaml")]
+    for a, b in (("maml", "imaml-gn-lam0.5"), ("imaml-gn-lam0.5", "fomaml")):
+        d = report.paired_difference(frame, a, b)
+        values += [f"{100 * d['mean']:+.1f}", f"{100 * d['half']:.1f}",
+                   "resolved" if d["resolved"] else "unresolved"]
+    return values
+
+
+def choice_numbers():
+    from suite.omniglot import report
+    f = read_results("omniglot/runs.csv")
+    f = f[f.heldout == "validation20"]
+    means = report.seed_means(f).set_index("recipe").accuracy
+    d = report.paired_difference(f, "imaml-gn-learned-lam", "imaml-gn-lam0.5")
+    return [f"{100 * means[r]:.1f}" for r in ("imaml-gn-learned-lam", "imaml-gn-lam0.5",
+                                               "imaml-paper-lam0.5")] + [
+        f"{100 * d['mean']:+.1f}", f"{100 * d['half']:.1f}"]
 
 
 def truncated_over_maml():
@@ -241,16 +305,19 @@ def learned_lam():
 
 
 @pytest.mark.parametrize("name", list(CLAIMS))
-def test_readme_number_matches_its_file(name):
+def test_quoted_numbers_match_their_file(name):
     pattern, values = CLAIMS[name]
-    m = re.search(pattern, README, re.S)
-    assert m, f"{name}: the sentence is gone from the README ({pattern})"
-    assert list(m.groups()) == values(), name
+    found = [(page, m) for page, text in PAGES.items() for m in re.finditer(pattern, text, re.S)]
+    assert found, f"{name}: the sentence is gone from the README and the docs ({pattern})"
+    want = values()
+    for page, m in found:
+        assert list(m.groups()) == want, f"{name} in {page}"
 
 
 def test_table1_rows_match_the_file():
     fits = {f["spec"].label: f for f in claims._fits(read_results("table1.csv"))}
-    rows = re.findall(r"^\| (.+?) \| ([-\d.]+) \((\S+)\) \| ([-\d.]+) \((\S+)\) \|$", README, re.M)
+    rows = re.findall(r"^\| (.+?) \| ([-\d.]+) \((\S+)\) \| ([-\d.]+) \((\S+)\) \|$",
+                      PAGES["docs/figures.md"], re.M)
     assert len(rows) == len(fits)
     for label, c, ct, m, mt in rows:
         f = fits[label]
@@ -260,12 +327,55 @@ def test_table1_rows_match_the_file():
 
 
 def test_omniglot_table_matches_runs():
+    """The variants table of docs/omniglot.md: every recipe at seed 0."""
     runs = omniglot_rows()
     rows = re.findall(r"^\| `([\w.-]+)` \| ([\d.]+ ± [\d.]+) \| ([\d.]+ ± [\d.]+) \| (\d+) \|",
-                      README, re.M)
-    assert rows, "the README's Omniglot table is gone"
+                      PAGES["docs/omniglot.md"], re.M)
+    assert rows, "the Omniglot table is gone from docs/omniglot.md"
     for recipe, as_trained, plain, iterations in rows:
         r = runs.loc[recipe]
         assert as_trained == pct(r.acc_as_trained, r.ci95_as_trained), recipe
         assert plain == pct(r.acc_plain_gd, r.ci95_plain_gd), recipe
         assert int(iterations) == int(r.iterations), recipe
+
+
+def table2_over_seeds():
+    """Table 2's recipes on the test characters, one row per recipe and seed (current specs)."""
+    f = read_results("omniglot/runs.csv")
+    specs = {n: r.signature() for n, r in recipes.RECIPES.items()}
+    return f[(f.recipe_spec == f.recipe.map(specs)) & (f.heldout == "test")
+             & f.recipe.isin(recipes.TABLE2_RECIPES)]
+
+
+def test_omniglot_seed_table_matches_runs():
+    """Table 2 over seeds in docs/omniglot.md: the mean ± 95% across seeds, the sd across seeds
+    and each seed's accuracy, from report.seed_means over runs.csv."""
+    from suite.omniglot import report
+    frame = table2_over_seeds()
+    means = report.seed_means(frame).set_index("recipe")
+    rows = re.findall(r"^\| `([\w.-]+)` \| ([\d.]+ ± [\d.]+) \| ([\d.]+) \| ((?:[\d.]+ \| )+)",
+                      PAGES["docs/omniglot.md"], re.M)
+    assert {r[0] for r in rows} == set(recipes.TABLE2_RECIPES)
+    seeds = sorted(set(frame.train_seed))
+    assert len(seeds) >= 3
+    for recipe, mean, sd, per_seed in rows:
+        m = means.loc[recipe]
+        assert mean == pct(m.accuracy, m.ci95) and sd == f"{100 * m.seed_sd:.1f}", recipe
+        mine = frame[frame.recipe == recipe].set_index("train_seed").accuracy
+        assert per_seed.split(" | ")[:-1] == [f"{100 * mine[s]:.1f}" for s in seeds], recipe
+
+
+def test_omniglot_orderings_match_runs():
+    """Each ordering docs/omniglot.md states between neighbours over seeds: the paired
+    difference and its interval from report.paired_difference, resolved as the page says."""
+    from suite.omniglot import report
+    frame = table2_over_seeds()
+    lines = re.findall(r"^- `([\w.-]+)` − `([\w.-]+)`: (\S+) ± (\S+) points: (.*)$",
+                       PAGES["docs/omniglot.md"], re.M)
+    means = report.seed_means(frame).set_index("recipe").accuracy.sort_values(ascending=False)
+    assert [(a, b) for a, b, *_ in lines] == list(zip(means.index[:-1], means.index[1:]))
+    for a, b, mean, half, verdict in lines:
+        d = report.paired_difference(frame, a, b)
+        assert (mean, half) == (f"{100 * d['mean']:+.1f}", f"{100 * d['half']:.1f}"), (a, b)
+        assert verdict == (f"**{a} above {b}**" if d["resolved"] else
+                           "unresolved (the seed spread covers the difference)"), (a, b)

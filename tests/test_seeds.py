@@ -83,6 +83,13 @@ def test_the_choice_is_made_on_validation_rows_and_says_whether_it_changed(tmp_p
     test = runs(tmp_path / "t", {("imaml-paper-lam0.5", 0): [0.9] * 3})
     md = report.choice_markdown(val, tmp_path, test)
     assert "**Chosen: imaml-paper-lam0.5**" in md and "the choice changed" in md
-    assert "Held-out test characters, after choosing: imaml-paper-lam0.5 scores 90.0" in md
+    # one tested seed: its interval over the held-out tasks, never a NaN spread across seeds
+    assert ("Held-out test characters, after choosing: imaml-paper-lam0.5 scores 90.0 ± 1.0% at "
+            "seed 0 (one seed: the interval is over the held-out tasks") in md
+    assert "nan" not in md
+    tested = runs(tmp_path / "t3", {("imaml-paper-lam0.5", s): [0.9 + 0.01 * s] * 3
+                                    for s in range(3)})
+    assert "scores 91.0 ± 2.5% (mean over 3 seeds ± 95% across them)" in \
+        report.choice_markdown(val, tmp_path, tested)      # sd 0.01: 4.303 x 0.01 / sqrt(3)
     same = val.assign(accuracy=np.where(val.recipe == DEFAULT, 0.9, val.accuracy))
     assert "the choice did not change" in report.choice_markdown(same, tmp_path, test.iloc[:0])

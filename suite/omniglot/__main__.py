@@ -150,8 +150,9 @@ def add_training_args(p):
                    "iMAML faster on a CPU for 20-way 5-shot tasks, native for 5-way 1-shot "
                    "(results/hvp_cost_cpu*.csv) and on CUDA (default: "
                    f"{defaults.batchnorm}, as the committed Table 2 rows were trained)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "omniglot",
-                   help="results folder (default: results/omniglot)")
+    p.add_argument("--out", type=Path, default=cli.out_path("results", "omniglot"),
+                   help="results folder (default: out/results/omniglot; the committed runs: "
+                   "--out results/omniglot)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--validation", type=int, default=0, help="evaluate on this many "
                    "characters moved out of the meta-training ones (to choose a recipe "
@@ -188,7 +189,7 @@ def run_recipe(args, cfg: TrainConfig, train_chars, test_chars, world: World) ->
 def row_key(args, cfg: TrainConfig) -> dict:
     """What identifies a run in runs.csv (and its folder: ``report.run_dir``)."""
     return {"recipe": cfg.recipe, "setting": f"{cfg.n_way}w{cfg.k_shot}s-{args.data}",
-            "iterations_asked": args.iterations, "recipe_spec": cfg.spec.spec(),
+            "iterations_asked": args.iterations, "recipe_spec": cfg.spec.signature(),
             "train_seed": cfg.seed, "heldout": heldout_name(args)}
 
 
@@ -220,7 +221,10 @@ def train_all(args, names: list[str], store: ResultsStore) -> bool:
     args.seed = None
     configs = [config_from(args, n, seed) for seed in args.seed_list for n in names]
     for cfg in configs:
-        distributed.check_divisible("--meta-batch", cfg.meta_batch, distributed.planned_size())
+        try:
+            distributed.check_divisible("--meta-batch", cfg.meta_batch, distributed.planned_size())
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     archive_root(args)
     cli.writable_folder("--out", args.out)
     check_device(args.device)
@@ -249,7 +253,7 @@ def rows_for(store: ResultsStore, args, names, what: str, required: bool = True)
         if not required:
             return frame
         raise UsageError(f"{what}: {store.path} holds no rows; run without --report-only first")
-    specs = {n: recipes.get(n).spec() for n in names}
+    specs = {n: recipes.get(n).signature() for n in names}
     frame = frame[(frame.setting == tag) & (frame.iterations_asked == args.iterations)
                   & frame.recipe.isin(names)
                   & (frame.recipe_spec == frame.recipe.map(specs))
@@ -261,7 +265,7 @@ def rows_for(store: ResultsStore, args, names, what: str, required: bool = True)
     return frame
 
 
-def main(argv=None) -> int:
+def build_parser() -> cli.Parser:
     parser = cli.Parser(prog=PROG, description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,12 +279,12 @@ def main(argv=None) -> int:
                    help="what to train (see the recipes command)")
     p.add_argument("--retrain", action="store_true", help="train even if runs.csv has the row")
     for name, names, helptext in (
-            ("table2", recipes.TABLE2_RECIPES, "train Table 2's recipes, write reports/table2.md"),
+            ("table2", recipes.TABLE2_RECIPES, "train Table 2's recipes, write table2.md"),
             ("choose", recipes.IMAML_CANDIDATES, "train the candidate default iMAML recipes "
              "on the meta-training characters less --validation, evaluate on those, write "
-             "reports/imaml_choice.md"),
+             "imaml_choice.md"),
             ("variants", recipes.VARIANT_RECIPES,
-             "train every iMAML variant, write reports/imaml_variants.md")):
+             "train every iMAML variant, write imaml_variants.md")):
         p = sub.add_parser(name, help=helptext)
         add_training_args(p)
         p.add_argument("--recipes", nargs="+", choices=recipes.names(), default=names,
@@ -288,27 +292,19 @@ def main(argv=None) -> int:
         p.add_argument("--retrain", action="store_true", help="train rows runs.csv already has")
         p.add_argument("--report-only", action="store_true",
                        help="rewrite the report from the results folder, train nothing")
-        p.add_argument("--reports", type=Path, default=ROOT / "reports",
-                       help="folder of the report and its figure (default: reports/)")
+        p.add_argument("--reports", type=Path, default=cli.out_path("reports"),
+                       help="folder of the report and its figure (default: out/reports; the "
+                       "committed ones: --reports reports)")
         p.add_argument("--seeds", type=int, nargs="+", default=None,
                        help="train every recipe at each of these seeds (initialisation and "
                        "task stream; default: --seed, else 0; choose: 0 1 2)")
         if name == "choose":
             p.set_defaults(validation=20, seeds=[0, 1, 2])
-    args = parser.parse_args(argv)
-    pin_commit()
-    if args.command == "download":
-        try:
-            for path in data.download(args.root):
-                print(f"{path}  md5 ok")
-        except OSError as err:
-            raise UsageError(f"download: could not fetch the archives ({err}). Without network, "
-                             "copy images_background.zip and images_evaluation.zip from the "
-                             f"public Omniglot repository into {args.root}")
-        return 0
-    if args.command == "recipes":
-        print(recipes.describe())
-        return 0
+    return parser
+
+
+def check_args(parser, args) -> None:
+    """The training commands' flags in range, before any data is read."""
     if args.iterations < 0:
         parser.error(f"--iterations must be >= 0, got {args.iterations}")
     if args.minutes is not None and not args.minutes > 0:
@@ -324,12 +320,10 @@ def main(argv=None) -> int:
     if args.command == "choose" and args.validation < 2:
         parser.error("choose compares recipes on validation characters: --validation must "
                      f"be >= 2, got {args.validation}")
-    store = ResultsStore(args.out / "runs.csv", KEY, ["accuracy", "ci95"])
-    names = [args.recipe] if args.command == "train" else args.recipes
-    if not getattr(args, "report_only", False) and not train_all(args, names, store):
-        return 0
-    if args.command == "train":
-        return 0
+
+
+def write_reports(args, store: ResultsStore, names: list[str]) -> None:
+    """The report of ``table2``, ``variants`` or ``choose`` (and its figure) into --reports."""
     reports = cli.writable_folder("--reports", args.reports)
     if args.command == "choose":
         frame = rows_for(store, args, names, "choose")
@@ -357,6 +351,31 @@ def main(argv=None) -> int:
         report.plot_curves(curves, args.out, reports / "imaml_variants_curves.png",
                            "iMAML variants")
         print(f"-> {reports / 'imaml_variants.md'}, {reports / 'imaml_variants_curves.png'}")
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    pin_commit()
+    if args.command == "download":
+        try:
+            for path in data.download(args.root):
+                print(f"{path}  md5 ok")
+        except OSError as err:
+            raise UsageError(f"download: could not fetch the archives ({err}). Without network, "
+                             "copy images_background.zip and images_evaluation.zip from the "
+                             f"public Omniglot repository into {args.root}")
+        return 0
+    if args.command == "recipes":
+        print(recipes.describe())
+        return 0
+    check_args(parser, args)
+    store = ResultsStore(args.out / "runs.csv", KEY, ["accuracy", "ci95"])
+    names = [args.recipe] if args.command == "train" else args.recipes
+    if not getattr(args, "report_only", False) and not train_all(args, names, store):
+        return 0
+    if args.command != "train":
+        write_reports(args, store, names)
     return 0
 
 

@@ -83,7 +83,7 @@ class Recipe:
                 raise ValueError(f"recipe {self.name}: learn_lam needs a method with a "
                                  f"gradient in lam; {self.method!r} has none")
 
-    def spec(self) -> str:
+    def signature(self) -> str:
         """What defines the run (not the name, label or note): a changed entry is a new run."""
         c = self.curvature
         return (f"{self.method}|{self.solver}|lam={self.lam:g}|{c.name}(mu={c.damping:g},"

@@ -34,7 +34,7 @@ from .. import cli
 from ..adapt import adapt
 from ..checks import check_float, check_int
 from ..cli import Interrupted, StopRequest
-from ..distributed import World
+from ..distributed import World, check_divisible
 from ..methods import Stats, meta_gradient, meta_gradient_batch
 from ..results import provenance, write_csv_atomic
 from ..solvers import InnerProblem, for_tasks, run_solver
@@ -284,7 +284,8 @@ def _same_run(saved: dict, cfg: TrainConfig) -> bool:
 
 def save(learner: Learner, cfg: TrainConfig, out: Path, rngs: dict, world: World) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    state = {"config": cfg.as_dict(), "recipe_spec": cfg.spec.spec(), "world_size": world.size,
+    state = {"config": cfg.as_dict(), "recipe_spec": cfg.spec.signature(),
+             "world_size": world.size,
              "theta": learner.theta.detach().cpu(),
              "log_lam": (None if learner.layer_lam is None
                          else learner.layer_lam.log_lam.detach().cpu()),
@@ -309,7 +310,7 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     (same recipe and settings, any number of processes) and appends to ``out/metrics.csv``
     (and ``out/curve.csv`` when ``heldout`` characters are given). With several processes
     (``world``) each computes its share of every meta-batch and rank 0 alone writes."""
-    check_divisible_meta_batch(cfg, world)
+    check_divisible("meta_batch", cfg.meta_batch, world.size)
     model = model_for(cfg)
     sampler = train_sampler(cfg, chars)
     solver_rng = np.random.default_rng(cfg.seed + 1)
@@ -323,7 +324,8 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     ckpt = _checkpoint_path(out)
     state = load_checkpoint(out, say=None if world.main else (lambda line: None))
     if state is not None:
-        if not _same_run(state["config"], cfg) or state.get("recipe_spec") != cfg.spec.spec():
+        if not _same_run(state["config"], cfg) \
+                or state.get("recipe_spec") != cfg.spec.signature():
             raise ValueError(f"{ckpt} was written with other settings; choose another output "
                              "folder or remove it")
         with torch.no_grad():
@@ -416,13 +418,6 @@ def _iteration(cfg, learner, model, sampler, solver, probe, world, rows, progres
         row["probe_cosine_to_maml"] = probe_cosine(
             cfg, solver, probe, theta, lam.detach() if torch.is_tensor(lam) else lam)
     rows.append(row)
-
-
-def check_divisible_meta_batch(cfg: TrainConfig, world: World) -> None:
-    if cfg.meta_batch % world.size:
-        raise ValueError(f"meta_batch {cfg.meta_batch} is not divisible by the {world.size} "
-                         f"processes: each must take an equal share (use a multiple of "
-                         f"{world.size})")
 
 
 def _flush(learner, cfg, out, rngs, rows, curve, world):
