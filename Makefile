@@ -19,27 +19,27 @@ test: venv
 	$(PY) -m pytest
 
 figures: venv
-	$(PY) suite/figures.py $(ARGS)
+	$(PY) -m suite figures $(ARGS)
 
 # Rewrite the committed results/ and reports/ (every other command writes under out/): the
 # figures recomputed, the other reports rewritten from their committed rows. On purpose only.
 refresh: venv
-	$(PY) suite/figures.py --out . $(ARGS)
-	$(PY) -m suite.peers --report-only --out results/peers.csv --report reports/peers.md
-	$(PY) -m suite.lam --out results/learned_lam.csv --reports reports
-	$(PY) -m suite.omniglot table2 --report-only --seeds 0 1 2 --out results/omniglot --reports reports
-	$(PY) -m suite.omniglot variants --report-only --out results/omniglot --reports reports
-	$(PY) -m suite.omniglot choose --report-only --seeds 0 1 --out results/omniglot --reports reports
+	$(PY) -m suite figures --out . $(ARGS)
+	$(PY) -m suite peers --report-only --out results/peers.csv --report reports/peers.md
+	$(PY) -m suite lam --out results/learned_lam.csv --reports reports
+	$(PY) -m suite omniglot table2 --report-only --seeds 0 1 2 --out results/omniglot --reports reports
+	$(PY) -m suite omniglot variants --report-only --out results/omniglot --reports reports
+	$(PY) -m suite omniglot choose --report-only --seeds 0 1 --out results/omniglot --reports reports
 
 # Compare accuracy, memory and time-ratio metrics with results/baselines/ (UPDATE=1 replaces them).
 regress: venv
-	$(PY) -m suite.regress $(if $(UPDATE),--update,)
+	$(PY) -m suite regress $(if $(UPDATE),--update,)
 
 bench: venv
 	$(PY) -m pytest --benchmark-only $(ARGS)
 
 peers: venv
-	$(PY) -m suite.peers $(ARGS)
+	$(PY) -m suite peers $(ARGS)
 
 # The documentation site from docs/ (mkdocs.yml) into out/site; strict: a broken link fails.
 DOCS_STAMP := $(VENV)/.docs-installed

@@ -19,9 +19,9 @@ stage 60 $PY -m pytest -q -p no:cacheprovider --benchmark-only -k "meta_batch an
 stage 60 $PY - <<'PY'
 import torch
 from suite import meta_gradient
-from suite.measure import measure_memory
-from suite.solvers import GD
-from suite.workloads import cnn_tasks
+from suite.harness.measure import measure_memory
+from suite.core.solvers import GD
+from suite.harness.workloads import cnn_tasks
 tasks, theta = cnn_tasks(n_way=20, k_shot=5, device="cuda")
 for cudnn in (True, False):
     torch.backends.cudnn.enabled = cudnn
@@ -33,8 +33,8 @@ for cudnn in (True, False):
               f"{f.cuda_peak_bytes:>11,} gap {f.cuda_peak_bytes - f.peak_bytes:>10,} B "
               f"({f.cuda_peak_bytes / f.peak_bytes - 1:+.1%})")
 PY
-stage 200 $PY -m suite.peers --device cuda --steps 5 15 25 --batch-steps 5 \
+stage 200 $PY -m suite peers --device cuda --steps 5 15 25 --batch-steps 5 \
     --meta-batch 16 --repeats 3 --out "$out/peers_cuda.csv" --report "$out/peers_cuda.md"
-stage 80 $PY -m suite.sweeps cost --device cuda --steps 1 2 4 8 16 32 --truncate 5 \
+stage 80 $PY -m suite sweeps cost --device cuda --steps 1 2 4 8 16 32 --truncate 5 \
     --cg-steps 5 --lam 10 --repeats 5 --quiet --out "$out/cost_cnn_20w5s_cuda.csv"
 exit $failed

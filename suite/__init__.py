@@ -4,15 +4,17 @@ inner-solver interface, with the instruments to measure their accuracy and cost.
 ``METHODS`` and ``SOLVERS`` are the registries every dispatcher reads; a method from outside
 is added with ``register_method`` or by an installed entry point in ``imaml_suite.methods``.
 """
-from . import solvers
-from .curvature import CURVATURES, Curvature
-from .linalg import (BREAKDOWN_POLICIES, LINEAR_SOLVERS, CGBreakdown, CGResult,
-                     conjugate_gradient, hvp_at, solve_implicit)
-from .methods import EXACT_MAX_DIM, MetaGradient, Stats, meta_gradient, meta_gradient_batch
-from .registry import (EXACT_FOR, METHODS, SOLVERS, Method, Option, SolverSpec, get_method,
-                       get_solver, load_plugins, register_method, unregister_method)
-from .tasks import LinearRegressionTask, ModuleTask, Task
-from .adapt import adapt
+from suite.core import solvers
+from suite.core.curvature import CURVATURES, Curvature
+from suite.core.linalg import (BREAKDOWN_POLICIES, LINEAR_SOLVERS, CGBreakdown, CGResult,
+                               conjugate_gradient, hvp_at, solve_implicit)
+from suite.core.methods import (EXACT_MAX_DIM, MetaGradient, Stats, meta_gradient,
+                                meta_gradient_batch)
+from suite.core.registry import (EXACT_FOR, METHODS, SOLVERS, Method, Option, SolverSpec,
+                                 get_method, get_solver, load_plugins, register_method,
+                                 unregister_method)
+from suite.core.tasks import LinearRegressionTask, ModuleTask, Task
+from suite.core.adapt import adapt
 
 PLUGINS = load_plugins()
 """Names of the methods registered from installed entry points at import."""

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from suite import distributed
-from suite.omniglot.data import Characters
-from suite.omniglot.train import TrainConfig, train
+from suite.harness import distributed
+from suite.experiments.omniglot.data import Characters
+from suite.experiments.omniglot.train import TrainConfig, train
 
 TINY = dict(n_way=5, k_shot=1, k_query=2, inner_steps=2, meta_batch=4, cg_steps=3,
             eval_every=3, curve_tasks=6, probe_every=100, dtype="float64")
@@ -53,7 +53,7 @@ def train_worker(rank, size, port, recipe, iterations, out, result):
 
 
 def sweep_worker(rank, size, port, points, out):
-    from suite import sweeps
+    from suite.experiments import sweeps
     world = join(rank, size, port)
     try:
         sweeps.run_sweep(points, Path(out), repeats=0, progress=False, world=world)
@@ -66,7 +66,7 @@ def hang_worker(rank, size, port, folder):
     """Rank 1 joins, then stops answering (sleeps past the timeout); rank 0 records what its
     next collective says and how long it waited."""
     import time
-    from suite.cli import PeerLost
+    from suite.harness.cli import PeerLost
     world = join(rank, size, port)
     if rank == 1:
         time.sleep(4)

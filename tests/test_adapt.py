@@ -1,4 +1,4 @@
-"""``suite.adapt``: phi whose backward gives each registered method's meta-gradient (float64).
+"""``suite.core.adapt``: phi whose backward gives each registered method's meta-gradient (float64).
 
 adapt's backward reruns the method on the linear test loss <dL/dphi, phi>, whose gradient
 at phi is dL/dphi exactly; the rerun repeats the same float64 operations in the same order,
@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import suite
-from suite import adapt, meta_gradient
-from suite.solvers import GD
+from suite.core import adapt
+from suite import meta_gradient
+from suite.core.solvers import GD
 
 TOL = 1e-12
 

@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from suite import conjugate_gradient, meta_gradient_batch
-from suite.batched import BatchedTasks, batched_meta_gradient
-from suite.linalg import CGBreakdown
-from suite.solvers import GD
-from suite.workloads import cnn_tasks
+from suite.core.batched import BatchedTasks, batched_meta_gradient
+from suite.core.linalg import CGBreakdown
+from suite.core.solvers import GD
+from suite.harness.workloads import cnn_tasks
 
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -39,7 +39,7 @@ def test_batched_equals_per_task_loop(method, options, device):
 
 
 def test_chunks_give_the_same_gradient_with_less_memory():
-    from suite.measure import measure_memory
+    from suite.harness.measure import measure_memory
     tasks, theta = cnn_tasks(n_way=5, k_shot=1, n_tasks=4, dtype=torch.float64, seed=2)
     bt = BatchedTasks.stack(tasks)
     for method, options in (("maml", {}), ("imaml", {"cg_steps": 3})):

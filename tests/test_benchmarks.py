@@ -9,9 +9,9 @@ import torch
 
 import synthetic
 from suite import meta_gradient
-from suite.measure import measure_memory
-from suite.solvers import GD
-from suite.workloads import cnn_tasks, synthetic_workload
+from suite.harness.measure import measure_memory
+from suite.core.solvers import GD
+from suite.harness.workloads import cnn_tasks, synthetic_workload
 
 SYN = dict(dim=20, kappa=100.0, lam=1.0, steps=300)
 # Bounds that the exact answers imply at these settings (kappa 100, lr 1/100, 300 steps):
@@ -122,9 +122,9 @@ META_BATCH_CASES = [
 def test_bench_meta_batch(benchmark, device, method, impl):
     """Per-task loop against torch.func.vmap over a meta-batch, all tasks at once or two at a
     time (chunk_size=2): 5-way 1-shot, 8 tasks on a CPU; 20-way 5-shot, 16 tasks on CUDA.
-    ``python -m suite.peers`` adds higher and torchopt."""
+    ``imaml-suite peers`` adds higher and torchopt."""
     from suite import meta_gradient_batch
-    from suite.batched import BatchedTasks, batched_meta_gradient
+    from suite.core.batched import BatchedTasks, batched_meta_gradient
     n_way, k_shot, n_tasks, _ = META_BATCH[device]
     tasks, theta = cnn_tasks(n_way=n_way, k_shot=k_shot, n_tasks=n_tasks, device=device)
     bt = BatchedTasks.stack(tasks)

@@ -2,7 +2,7 @@
 import numpy as np
 import pandas as pd
 
-from suite import claims
+from suite.experiments import claims
 
 STEPS = [1, 2, 4, 8]
 
@@ -71,7 +71,7 @@ def test_linear_solver_claim_follows_the_numbers():
 
 
 def test_neumann_figure_on_a_small_task(tmp_path, monkeypatch):
-    from suite import figures
+    from suite.experiments import figures
     monkeypatch.setitem(figures._OUT, "root", tmp_path)   # what --out sets
     frame = figures.run_neumann(dict(kappa=10.0, dim=8, iterations=[1, 8, 30, 200]), "cpu")
     assert (tmp_path / "results" / "linear_solvers.csv").exists()

@@ -14,7 +14,7 @@ import torch
 import synthetic
 import suite
 from suite import SOLVERS, meta_gradient
-from suite.solvers import GD
+from suite.core.solvers import GD
 
 DIM, KAPPA, LAM, L_SMOOTH = 8, 10.0, 1.0, 10.0
 K = 400

@@ -5,9 +5,9 @@ import torch
 
 import synthetic
 from suite import meta_gradient
-from suite.curvature import Curvature, gauss_newton_at
-from suite.linalg import CGBreakdown, normal_equations_cg, solve_implicit
-from suite.solvers import GD
+from suite.core.curvature import Curvature, gauss_newton_at
+from suite.core.linalg import CGBreakdown, normal_equations_cg, solve_implicit
+from suite.core.solvers import GD
 
 # Products on float64 problems of tens of parameters: each entry is a short sum of products,
 # so agreement with the dense matrices is ~1e-15 relative; 1e-12 leaves room for the order

@@ -19,10 +19,11 @@ import torch
 import torch.multiprocessing as mp
 
 import dist_workers as w
-from suite import ModuleTask, sweeps
-from suite.distributed import World
-from suite.omniglot.train import TrainConfig, train
-from suite.workloads import conv4
+from suite import ModuleTask
+from suite.experiments import sweeps
+from suite.harness.distributed import World
+from suite.experiments.omniglot.train import TrainConfig, train
+from suite.models.conv4 import conv4
 
 
 def free_port() -> int:

@@ -39,37 +39,37 @@ INPUT_WITH_REPORT_ONLY = {"--out"}   # with --report-only, --out names rows to r
 # The declared shrinking rule: for each program, the flags that set its size and where its
 # outputs go. A flag the command lacks is added (with the program's smallest scale).
 SCALE = {
-    "suite/figures.py": {"--scale": "smoke", "--out": "{tmp}/figures"},
-    "suite.sweeps error": {"--steps": FIRST, "--cg-steps": FIRST, "--kappas": FIRST,
-                           "--repeats": "0", "--out": "{tmp}/error.csv"},
-    "suite.sweeps cost": {"--steps": FIRST, "--repeats": "0", "--out": "{tmp}/cost.csv"},
-    "suite.sweeps hvp-cost": {"--n-way": "5", "--k-shot": "1", "--lam": "1000",
-                              "--lr": "0.001", "--repeats": "1", "--out": "{tmp}/hvp.csv"},
-    "suite.omniglot recipes": {},
-    "suite.omniglot train": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
-                             "--out": "{tmp}/omniglot"},
-    "suite.omniglot table2": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
-                              "--seeds": FIRST, "--out": "{tmp}/omniglot",
-                              "--reports": "{tmp}/reports", "--quiet": ON},
-    "suite.omniglot variants": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
-                                "--recipes": ("imaml-gn", "imaml-paper-keep"),
-                                "--out": "{tmp}/omniglot", "--reports": "{tmp}/reports",
-                                "--quiet": ON},
+    "figures": {"--scale": "smoke", "--out": "{tmp}/figures"},
+    "sweeps error": {"--steps": FIRST, "--cg-steps": FIRST, "--kappas": FIRST,
+                     "--repeats": "0", "--out": "{tmp}/error.csv"},
+    "sweeps cost": {"--steps": FIRST, "--repeats": "0", "--out": "{tmp}/cost.csv"},
+    "sweeps hvp-cost": {"--n-way": "5", "--k-shot": "1", "--lam": "1000",
+                        "--lr": "0.001", "--repeats": "1", "--out": "{tmp}/hvp.csv"},
+    "omniglot recipes": {},
+    "omniglot train": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
+                       "--out": "{tmp}/omniglot"},
+    "omniglot table2": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
+                        "--seeds": FIRST, "--out": "{tmp}/omniglot",
+                        "--reports": "{tmp}/reports", "--quiet": ON},
+    "omniglot variants": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
+                          "--recipes": ("imaml-gn", "imaml-paper-keep"),
+                          "--out": "{tmp}/omniglot", "--reports": "{tmp}/reports",
+                          "--quiet": ON},
     # two seeds: the least that gives the choice's spread across seeds
-    "suite.omniglot choose": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
-                              "--seeds": ("0", "1"), "--out": "{tmp}/omniglot",
-                              "--reports": "{tmp}/reports", "--quiet": ON},
-    "suite.peers": {"--steps": "5", "--batch-steps": "5", "--meta-batch": "2",
-                    "--n-way": "5", "--k-shot": "1", "--repeats": "1",
-                    "--out": "{tmp}/peers.csv", "--report": "{tmp}/peers.md"},
-    "suite.regress": {"--skip-learning": ON, "--baseline": "{tmp}/regress.json"},
-    "suite.verify": {},
+    "omniglot choose": {"--iterations": "3", "--eval-tasks": "10", "--meta-batch": "2",
+                        "--seeds": ("0", "1"), "--out": "{tmp}/omniglot",
+                        "--reports": "{tmp}/reports", "--quiet": ON},
+    "peers": {"--steps": "5", "--batch-steps": "5", "--meta-batch": "2",
+              "--n-way": "5", "--k-shot": "1", "--repeats": "1",
+              "--out": "{tmp}/peers.csv", "--report": "{tmp}/peers.md"},
+    "regress": {"--skip-learning": ON, "--baseline": "{tmp}/regress.json"},
+    "verify": {},
     # A timing threshold is not judged here: on a shared machine it is noise at this scale.
     "pytest": {"-k": "test_bench_synthetic", "--benchmark-storage": "file://{tmp}/bench",
                "--benchmark-compare-fail": DROP},
 }
 # make targets and the command their Makefile recipe runs (checked against the Makefile).
-MAKE = {"figures": "suite/figures.py", "peers": "-m suite.peers", "regress": "-m suite.regress"}
+MAKE = {"figures": "-m suite figures", "peers": "-m suite peers", "regress": "-m suite regress"}
 RUN_BY_CI = {"test": "make test", "docs": "make docs", "regress": "make regress"}
 
 
@@ -100,13 +100,13 @@ def commands() -> list[Command]:
 
 
 def program(argv: list[str]) -> str:
-    """The key of SCALE for an argv that starts after the interpreter."""
-    if argv[0] == "-m" and argv[1] == "pytest":
+    """The key of SCALE for an argv that starts after the interpreter: ``-m suite COMMAND
+    [SUBCOMMAND]`` or ``-m pytest``."""
+    if argv[:2] == ["-m", "pytest"]:
         return "pytest"
-    if argv[0] == "-m":
-        sub = argv[2] if len(argv) > 2 and not argv[2].startswith("-") else ""
-        return f"{argv[1]} {sub}".strip() if f"{argv[1]} {sub}".strip() in SCALE else argv[1]
-    return argv[0]
+    assert argv[:2] == ["-m", "suite"], argv
+    sub = argv[3] if len(argv) > 3 and not argv[3].startswith("-") else ""
+    return f"{argv[2]} {sub}".strip() if f"{argv[2]} {sub}".strip() in SCALE else argv[2]
 
 
 def shrink(argv: list[str], rule: dict, tmp: Path) -> list[str]:
@@ -157,7 +157,7 @@ def cannot_run(words: list[str]) -> str | None:
         return "fetches the archives from the network"
     if "--data" in words and words[words.index("--data") + 1] == "full" and not (
             ROOT / "data" / "omniglot" / "images_background.zip").exists():
-        return "needs the full Omniglot archives (python -m suite.omniglot download)"
+        return "needs the full Omniglot archives (imaml-suite omniglot download)"
     if words[:1] == ["make"] and words[1] in RUN_BY_CI and len(words) == 2:
         return f"run by CI itself ({RUN_BY_CI[words[1]]} in .ci/run)"
     return None
@@ -168,6 +168,8 @@ def to_argv(words: list[str], tmp: Path) -> list[str]:
     if words[0] == "make":
         words = ["python"] + MAKE[words[1]].split() + (["--update"] if "UPDATE=1" in words
                                                          else [])
+    if words[0] == "imaml-suite":   # the console script is `python -m suite`
+        words = ["python", "-m", "suite"] + words[1:]
     if words[0].endswith("pytest"):
         words = ["python", "-m", "pytest"] + words[1:]
     if words[0] == "torchrun":

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
-from suite import cli, distributed, figures, lam, peers, regress, sweeps
-from suite.omniglot import __main__ as omniglot
+from suite.harness import cli, distributed
+from suite.experiments import figures, lam, peers, regress, sweeps
+from suite.experiments.omniglot import __main__ as omniglot
 from suite.verify import __main__ as verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ TRAIN = ["train", "--recipe", "maml", "--iterations", "2", "--quiet"]
     (["--minutes", "-1"], "--minutes must be > 0"),
     (["--device", "gpu"], "--device gpu: not a torch device name"),
     (["--data", "full", "--root", "{tmp}"], "images_background.zip, images_evaluation.zip not "
-     "found in {tmp} (--root). Get them with: python -m suite.omniglot download"),
+     "found in {tmp} (--root). Get them with: imaml-suite omniglot download"),
     (["--out", "{file}/runs"], "--out {file}/runs: cannot create the folder"),
     pytest.param(["--n-way", "5000"], "--n-way 5000: the meta-training characters of --data "
                  "small give 544 classes", marks=needs_data),
@@ -56,7 +57,7 @@ def test_omniglot_user_errors_are_one_line(argv, says, tmp_path, capsys):
         argv += ["--out", str(tmp_path / "out")]
     status, lines = refusal(omniglot.main, omniglot.PROG, TRAIN + argv, capsys)
     assert status == 2 and len(lines) == 1, lines
-    assert lines[0].startswith("python -m suite.omniglot") and says.format(**fill) in lines[0]
+    assert lines[0].startswith("imaml-suite omniglot") and says.format(**fill) in lines[0]
     assert not (tmp_path / "out" / "runs.csv").exists()
 
 
@@ -66,7 +67,7 @@ def test_a_meta_batch_the_processes_cannot_split_is_refused_before_joining(
     monkeypatch.setattr(distributed, "init", lambda device: pytest.fail("joined the group"))
     status, lines = refusal(omniglot.main, omniglot.PROG, TRAIN + [
         "--meta-batch", "4", "--out", str(tmp_path)], capsys)
-    assert status == 2 and lines == ["python -m suite.omniglot: error: --meta-batch 4 is not "
+    assert status == 2 and lines == ["imaml-suite omniglot: error: --meta-batch 4 is not "
                                      "divisible by the 3 processes: every rank must take an "
                                      "equal share of the meta-batch (choose a multiple of 3)"]
     monkeypatch.setenv("RANK", "1")   # the other ranks refuse silently: one line per job
@@ -75,18 +76,18 @@ def test_a_meta_batch_the_processes_cannot_split_is_refused_before_joining(
 
 
 @pytest.mark.parametrize("main, prog, argv, says", [
-    (figures.main, "python suite/figures.py", ["--threads", "-1"],
+    (figures.main, "imaml-suite figures", ["--threads", "-1"],
      "--threads must be a finite number >= 1, got -1"),
-    (figures.main, "python suite/figures.py", ["--out", "{file}/x"], "cannot create the folder"),
-    (sweeps.main, "python -m suite.sweeps", ["error", "--steps", "2", "--repeats", "-1"],
+    (figures.main, "imaml-suite figures", ["--out", "{file}/x"], "cannot create the folder"),
+    (sweeps.main, "imaml-suite sweeps", ["error", "--steps", "2", "--repeats", "-1"],
      "--repeats must be a finite number >= 0, got -1"),
-    (sweeps.main, "python -m suite.sweeps", ["cost", "--steps", "2", "--out", "{file}/x.csv"],
+    (sweeps.main, "imaml-suite sweeps", ["cost", "--steps", "2", "--out", "{file}/x.csv"],
      "does not exist (create it first)"),
-    (peers.main, "python -m suite.peers", ["--threads", "0"], "--threads must be"),
-    (lam.main, "python -m suite.lam", ["--iterations", "0"], "--iterations must be"),
-    (regress.main, "python -m suite.regress", ["--baseline", "{tmp}/none.json"],
+    (peers.main, "imaml-suite peers", ["--threads", "0"], "--threads must be"),
+    (lam.main, "imaml-suite lam", ["--iterations", "0"], "--iterations must be"),
+    (regress.main, "imaml-suite regress", ["--baseline", "{tmp}/none.json"],
      "no baseline at"),
-    (verify.main, "python -m suite.verify", ["nothing"], "give MODULE:FUNCTION"),
+    (verify.main, "imaml-suite verify", ["nothing"], "give MODULE:FUNCTION"),
 ])
 def test_every_cli_refuses_in_one_line(main, prog, argv, says, tmp_path, capsys):
     (tmp_path / "file").write_text("")
@@ -118,7 +119,7 @@ def run_cli(args):
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes(sig, status, tmp_path):
     out, log = tmp_path / "runs", tmp_path / "stderr"
-    args = ["-m", "suite.omniglot", "train", "--recipe", "fomaml", "--meta-batch", "2",
+    args = ["-m", "suite", "omniglot", "train", "--recipe", "fomaml", "--meta-batch", "2",
             "--inner-steps", "1", "--k-query", "2", "--eval-tasks", "5", "--quiet",
             "--out", str(out)]
     proc = start(args + ["--iterations", "1000"], log)
@@ -132,9 +133,9 @@ def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes(sig, stat
                          "at once)")
     stopped = torch.load(run / "checkpoint.pt", weights_only=False)["iteration"]
     assert 25 <= stopped < 1000
-    assert lines[-1] == (f"python -m suite.omniglot: stopped by {sig.name}; fomaml stopped after "
+    assert lines[-1] == (f"imaml-suite omniglot: stopped by {sig.name}; fomaml stopped after "
                          f"iteration {stopped} of 1000, checkpoint and metrics written to {run}. "
-                         f"Resume with: python -m suite.omniglot {' '.join(args[2:])} "
+                         f"Resume with: imaml-suite omniglot {' '.join(args[3:])} "
                          "--iterations 1000")
     assert list(pd.read_csv(run / "metrics.csv").iteration) == list(range(1, stopped + 1))
     if sig == signal.SIGINT:   # resumed (to a nearer end, a resumable setting): every row once
@@ -146,7 +147,7 @@ def test_a_signal_stops_training_with_a_checkpoint_and_the_run_resumes(sig, stat
 
 def test_sigterm_keeps_a_sweeps_finished_rows_and_the_rerun_completes(tmp_path):
     out, log = tmp_path / "cost.csv", tmp_path / "stderr"
-    args = ["-m", "suite.sweeps", "cost", "--methods", "maml", "--steps", *map(str, range(1, 7)),
+    args = ["-m", "suite", "sweeps", "cost", "--methods", "maml", "--steps", *map(str, range(1, 7)),
             "--n-way", "5", "--k-shot", "1", "--repeats", "1", "--quiet", "--out", str(out)]
     proc = start(args, log)
     wait_for(lambda: out.exists() and len(pd.read_csv(out)) >= 2, "two finished rows")
@@ -157,8 +158,8 @@ def test_sigterm_keeps_a_sweeps_finished_rows_and_the_rerun_completes(tmp_path):
     kept = pd.read_csv(out)
     assert (kept.status == "ok").all() and 2 <= len(kept) < 6
     assert text.strip().splitlines()[-1] == (
-        f"python -m suite.sweeps: stopped by SIGTERM; {len(kept)} of 6 points finished, kept "
-        f"in {out}. Resume with: python -m suite.sweeps {' '.join(args[2:])}")
+        f"imaml-suite sweeps: stopped by SIGTERM; {len(kept)} of 6 points finished, kept "
+        f"in {out}. Resume with: imaml-suite sweeps {' '.join(args[3:])}")
     done = run_cli(args)
     assert done.returncode == 0, done.stderr
     final = pd.read_csv(out)

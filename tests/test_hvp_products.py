@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from suite import meta_gradient
-from suite.linalg import FASTEST_HVP, HVP_PRODUCTS, hvp_at, hvp_product
-from suite.solvers import GD
-from suite.sweeps import cnn_products
-from suite.batchnorm import ClosedFormBatchNorm2d
-from suite.workloads import (BATCHNORMS, FASTEST_BATCHNORM, cnn_tasks, conv4,
-                             resolve_batchnorm)
+from suite.core.linalg import FASTEST_HVP, HVP_PRODUCTS, hvp_at, hvp_product
+from suite.core.solvers import GD
+from suite.experiments.sweeps import cnn_products
+from suite.models.batchnorm import ClosedFormBatchNorm2d
+from suite.models.conv4 import BATCHNORMS, FASTEST_BATCHNORM, conv4, resolve_batchnorm
+from suite.harness.workloads import cnn_tasks
 
 F64 = torch.float64
 
@@ -107,7 +107,7 @@ def test_recorded_fastest_choices_are_what_their_rows_say(tmp_path):
     fastest.choose reads off the committed hvp-cost rows it names; record() keeps the other
     device types."""
     import pandas as pd
-    from suite import fastest
+    from suite.core import fastest
     recorded = fastest.load()
     assert set(recorded) == {"cpu", "cuda"}
     root = fastest.RECORD.parents[1]

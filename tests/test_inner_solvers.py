@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from suite import meta_gradient
-from suite.solvers import GD, Adam, InnerProblem, PullBackGD
+from suite.core.solvers import GD, Adam, InnerProblem, PullBackGD
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.7])

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 import synthetic
-from suite import lam as lam_experiment
+from suite.experiments import lam as lam_experiment
 
 
 def test_bayes_optimal_prior_gives_the_posterior_mean():

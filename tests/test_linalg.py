@@ -98,7 +98,7 @@ def test_neumann_series_follows_its_known_rate():
     # r_K = (I - step A)^K b exactly: in the eigenbasis each component is multiplied by
     # (1 - step lambda_i)^K. A spectrum in [1, 4] with step 0.4 gives factors in [-0.6, 0.6];
     # float64 rounding over 40 products of a 10 x 10 matrix is ~1e-14 relative.
-    from suite.linalg import neumann_series
+    from suite.core.linalg import neumann_series
     eig = np.linspace(1.0, 4.0, 10)
     A, Q, lam, b = _diagonal(eig)
     for K in (1, 5, 40):
@@ -113,7 +113,7 @@ def test_neumann_series_follows_its_known_rate():
 
 
 def test_neumann_series_divergence_names_the_step():
-    from suite.linalg import NeumannDivergence, neumann_series
+    from suite.core.linalg import NeumannDivergence, neumann_series
     A, _, _, b = _diagonal(np.linspace(1.0, 4.0, 10))
     # step 0.6 > 2 / 4: the top component grows by |1 - 2.4| = 1.4 per iteration
     with pytest.raises(NeumannDivergence, match=r"neumann_step=0.6 must be in \(0, 2 / largest"):
@@ -137,8 +137,8 @@ def test_imaml_with_the_neumann_series_reaches_the_exact_meta_gradient():
     # 0.95^800 ~ 1e-18, so the error is the inner solve's and CG's rounding, ~1e-13.
     import synthetic
     from suite import meta_gradient
-    from suite.solvers import NewtonCG
-    from suite.tasks import LinearRegressionTask
+    from suite.core.solvers import NewtonCG
+    from suite.core.tasks import LinearRegressionTask
     task = synthetic.make_task(10, 30, 20, kappa=20.0, lam=1.0, seed=5)
     theta = np.random.default_rng(6).standard_normal(10)
     exact = synthetic.exact_meta_gradient(task, theta)

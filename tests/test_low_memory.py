@@ -12,7 +12,7 @@ from torch import nn
 
 import suite
 from suite import SOLVERS, meta_gradient
-from suite.batched import BatchedTasks, batched_meta_gradient
+from suite.core.batched import BatchedTasks, batched_meta_gradient
 
 TOL = 1e-12
 LOW_MEMORY = [("maml-checkpoint", {}), ("maml-checkpoint", {"segments": 3}),
@@ -83,7 +83,7 @@ def test_segments_beyond_the_steps_are_refused(quad):
 
 
 def test_mixed_mode_refuses_solvers_without_step_vjp(quad):
-    from suite.solvers import GD
+    from suite.core.solvers import GD
 
     class Plain(GD):   # a user's differentiable solver that does not declare its step's VJP
         step_vjp = None

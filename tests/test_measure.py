@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from suite import ModuleTask, meta_gradient
-from suite.measure import LiveBytes, measure_memory, time_calls
-from suite.solvers import GD, InnerProblem
+from suite.harness.measure import LiveBytes, measure_memory, time_calls
+from suite.core.solvers import GD, InnerProblem
 
 
 def test_chain_of_known_sizes_is_exact():
@@ -100,7 +100,7 @@ def test_time_calls_report_median_and_iqr():
     ("maml", {}, True), ("maml", {}, False), ("fomaml", {}, False),
     ("truncated", {"truncate": 2}, False), ("imaml", {"cg_steps": 5}, False)])
 def test_live_bytes_agree_with_cuda_allocator(method, options, cudnn):
-    from suite.workloads import cnn_tasks
+    from suite.harness.workloads import cnn_tasks
     tasks, theta = cnn_tasks(n_way=20, k_shot=5, device="cuda")
     with torch.backends.cudnn.flags(enabled=cudnn):
         f = measure_memory(lambda: meta_gradient(method, tasks[0], theta, lam=10.0,
@@ -128,8 +128,8 @@ def test_a_graph_built_and_dropped_inside_the_meter_is_freed():
     mixed-mode MAML does: the live bytes return to what the results hold. Packing a saved
     output as itself would keep each graph alive (a cycle through its grad_fn) and count
     K graphs."""
-    from suite.linalg import hvp_at
-    from suite.measure import LiveBytes
+    from suite.core.linalg import hvp_at
+    from suite.harness.measure import LiveBytes
     torch.manual_seed(0)
     w = torch.randn(64, 64, dtype=torch.float64)
     x = torch.randn(128, 64, dtype=torch.float64)

@@ -14,7 +14,7 @@ from torch import nn
 
 import synthetic
 from suite import ModuleTask, meta_gradient
-from suite.solvers import NewtonCG, ScipyLBFGS
+from suite.core.solvers import NewtonCG, ScipyLBFGS
 
 LAM = 1.0
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from suite.omniglot import data
-from suite.omniglot.train import TrainConfig, evaluate, train
+from suite.experiments.omniglot import data
+from suite.experiments.omniglot.train import TrainConfig, evaluate, train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason=f"{SHARED} is not beside the checkout")

@@ -5,13 +5,14 @@ import torch
 from torch import nn
 
 from suite import ModuleTask, meta_gradient
-from suite.solvers import GD
-from suite.workloads import conv4, random_images
+from suite.core.solvers import GD
+from suite.models.conv4 import conv4
+from suite.harness.workloads import random_images
 
 higher = pytest.importorskip("higher", reason="the [peers] extra (higher 0.2.1) is not installed")
 torchopt = pytest.importorskip("torchopt",
                                reason="the [peers] extra (torchopt 0.7.3) is not installed")
-from suite import peers  # noqa: E402
+from suite.experiments import peers  # noqa: E402
 
 
 def cnn_task(activation):

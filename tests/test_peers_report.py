@@ -3,7 +3,7 @@ import re
 import pandas as pd
 import pytest
 
-from suite.peers import main, report, targets
+from suite.experiments.peers import main, report, targets
 
 
 def frame():

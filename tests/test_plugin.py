@@ -44,7 +44,7 @@ def test_plugin_is_registered_and_described(plugin_env):
 
 def test_plugin_in_a_sweep_and_a_figure(plugin_env, tmp_path):
     out = tmp_path / "e.csv"
-    run(plugin_env, "-m", "suite.sweeps", "error", "--methods", "imaml", "imaml-fd",
+    run(plugin_env, "-m", "suite", "sweeps", "error", "--methods", "imaml", "imaml-fd",
         "--steps", "200", "--kappas", "10", "--dim", "8", "--cg-steps", "20",
         "--repeats", "1", "--quiet", "--out", str(out))
     rows = pd.read_csv(out).set_index("method")
@@ -52,7 +52,7 @@ def test_plugin_in_a_sweep_and_a_figure(plugin_env, tmp_path):
     # 8-dim system converge; finite differences add ~eps / 1e-5 ~ 1e-11: both near 1e-9
     assert rows.loc["imaml-fd", "rel_error"] < 1e-6 and rows.loc["imaml", "rel_error"] < 1e-6
     figs = tmp_path / "figs"
-    r = run(plugin_env, "suite/figures.py", "--scale", "smoke", "--only", "fig2a", "--quiet",
+    r = run(plugin_env, "-m", "suite", "figures", "--scale", "smoke", "--only", "fig2a", "--quiet",
             "--methods", "maml", "imaml", "imaml-fd", "--out", str(figs))
     assert (figs / "reports" / "figure2a.png").exists()
     assert "imaml-fd" in set(pd.read_csv(figs / "results" / "figure2a.csv").method)
@@ -62,20 +62,20 @@ def test_plugin_in_a_sweep_and_a_figure(plugin_env, tmp_path):
 def test_plugin_in_the_gate_and_the_recipes(plugin_env, tmp_path):
     baseline = tmp_path / "regress.json"
     baseline.write_bytes((ROOT / "results" / "baselines" / "regress.json").read_bytes())
-    r = run(plugin_env, "-m", "suite.regress", "--baseline", str(baseline), "--methods",
+    r = run(plugin_env, "-m", "suite", "regress", "--baseline", str(baseline), "--methods",
             "imaml-fd", check=False)   # no baseline yet: the gate fails, naming the metric
     assert r.returncode == 1 and "no baseline (record it with --add, on purpose)" in r.stdout
-    r = run(plugin_env, "-m", "suite.regress", "--baseline", str(baseline), "--add",
+    r = run(plugin_env, "-m", "suite", "regress", "--baseline", str(baseline), "--add",
             "--methods", "imaml-fd")
     assert "synthetic/imaml-fd/rel_error" in r.stdout
-    r = run(plugin_env, "-m", "suite.regress", "--baseline", str(baseline), "--methods",
+    r = run(plugin_env, "-m", "suite", "regress", "--baseline", str(baseline), "--methods",
             "imaml-fd", "imaml")
     assert "0 failed" in r.stdout
-    r = run(plugin_env, "-m", "suite.omniglot", "recipes")
+    r = run(plugin_env, "-m", "suite", "omniglot", "recipes")
     assert "imaml-fd" in r.stdout
     if not SHARED.exists():
         pytest.skip(f"no Omniglot archives at {SHARED}")
-    r = run(plugin_env, "-m", "suite.omniglot", "train", "--recipe", "imaml-fd",
+    r = run(plugin_env, "-m", "suite", "omniglot", "train", "--recipe", "imaml-fd",
             "--iterations", "2", "--meta-batch", "2", "--inner-steps", "1", "--k-query", "2",
             "--eval-tasks", "5",
             "--quiet", "--out", str(tmp_path / "omniglot"))

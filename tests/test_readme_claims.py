@@ -12,8 +12,8 @@ import re
 import pandas as pd
 import pytest
 
-from suite import claims
-from suite.omniglot import recipes
+from suite.experiments import claims
+from suite.experiments.omniglot import recipes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = {path.relative_to(ROOT).as_posix(): path.read_text()
@@ -242,7 +242,7 @@ def frontier_headline():
 
 
 def omniglot_headline():
-    from suite.omniglot import report
+    from suite.experiments.omniglot import report
     frame = table2_over_seeds()
     means = report.seed_means(frame).set_index("recipe")
     values = [str(int(means.seeds.min()))] + [pct(means.loc[r, "accuracy"], means.loc[r, "ci95"])
@@ -255,7 +255,7 @@ def omniglot_headline():
 
 
 def choice_numbers():
-    from suite.omniglot import report
+    from suite.experiments.omniglot import report
     f = read_results("omniglot/runs.csv")
     f = f[f.heldout == "validation20"]
     means = report.seed_means(f).set_index("recipe").accuracy
@@ -297,7 +297,7 @@ def hvp_costs():
 
 
 def learned_lam():
-    from suite import lam
+    from suite.experiments import lam
     s = lam.summary(read_results("learned_lam.csv"))
     return [f"{s['vector_loss']:.4f}", f"{s['best_scalar_loss']:.4f}",
             s["best_scalar"].replace("scalar lam", "λ ="), f"{100 * s['gain']:.0f}",
@@ -350,7 +350,7 @@ def table2_over_seeds():
 def test_omniglot_seed_table_matches_runs():
     """Table 2 over seeds in docs/omniglot.md: the mean ± 95% across seeds, the sd across seeds
     and each seed's accuracy, from report.seed_means over runs.csv."""
-    from suite.omniglot import report
+    from suite.experiments.omniglot import report
     frame = table2_over_seeds()
     means = report.seed_means(frame).set_index("recipe")
     rows = re.findall(r"^\| `([\w.-]+)` \| ([\d.]+ ± [\d.]+) \| ([\d.]+) \| ((?:[\d.]+ \| )+)",
@@ -368,7 +368,7 @@ def test_omniglot_seed_table_matches_runs():
 def test_omniglot_orderings_match_runs():
     """Each ordering docs/omniglot.md states between neighbours over seeds: the paired
     difference and its interval from report.paired_difference, resolved as the page says."""
-    from suite.omniglot import report
+    from suite.experiments.omniglot import report
     frame = table2_over_seeds()
     lines = re.findall(r"^- `([\w.-]+)` − `([\w.-]+)`: (\S+) ± (\S+) points: (.*)$",
                        PAGES["docs/omniglot.md"], re.M)

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from suite import ModuleTask
-from suite.omniglot import __main__ as cli
-from suite.omniglot import recipes, report
-from suite.omniglot.data import Characters
-from suite.omniglot.train import (TrainConfig, evaluate, make_optimizer, outer_direction,
-                                  reptile_step_size, train)
+from suite.experiments.omniglot import __main__ as cli
+from suite.experiments.omniglot import recipes, report
+from suite.experiments.omniglot.data import Characters
+from suite.experiments.omniglot.train import (TrainConfig, evaluate, make_optimizer,
+                                              outer_direction, reptile_step_size, train)
 
 TRAINED = [r for r in recipes.RECIPES.values() if r.method is not None]
 
@@ -79,7 +79,7 @@ def test_registry_is_consistent():
 
 
 def test_recipes_refuse_unknown_names_and_incapable_solvers():
-    from suite.omniglot.recipes import Recipe
+    from suite.experiments.omniglot.recipes import Recipe
     with pytest.raises(ValueError, match="solver must be one of"):
         Recipe("x", "x", "imaml", solver="NewtonCG", lam=1.0)   # the other spelling
     with pytest.raises(ValueError, match="method must be one of"):
@@ -100,7 +100,7 @@ def test_reptile_outer_step_and_annealing():
     direction, _ = outer_direction(cfg, solver, tasks, theta)
     # The direction is theta - mean phi, each phi from 5 Adam steps on mini-batches.
     solver.rng.bit_generator.state = rng_state
-    from suite.solvers import InnerProblem
+    from suite.core.solvers import InnerProblem
     phis = torch.stack([solver.solve(InnerProblem(t, theta0, 0.0)).phi for t in tasks])
     # The method takes the mean of theta - phi_i, this the difference of the means: equal
     # up to a few float32 roundings of numbers the size of theta.
@@ -186,8 +186,8 @@ def test_target_verdicts_on_a_hand_made_frame():
 
 
 def test_batchnorm_option_builds_that_network_and_refuses_others():
-    from suite.batchnorm import ClosedFormBatchNorm2d
-    from suite.omniglot.train import model_for
+    from suite.models.batchnorm import ClosedFormBatchNorm2d
+    from suite.experiments.omniglot.train import model_for
     kinds = lambda cfg: {type(m) for m in model_for(cfg).modules()}  # noqa: E731
     assert torch.nn.BatchNorm2d in kinds(TrainConfig("maml"))  # as Table 2 was trained
     assert ClosedFormBatchNorm2d in kinds(TrainConfig("maml", batchnorm="closed-form"))
@@ -240,9 +240,10 @@ def test_learned_lam_recipe_learns_one_lam_per_layer_and_resumes(tmp_path):
 def test_layer_lam_gradient_through_adapt():
     """The learned per-layer lam gets d/dlog_lam_l = lam_l * sum_{i in l} d/dlam_i: autograd
     through adapt against that chain rule written out from meta_gradient's lam_grad."""
-    from suite import adapt, meta_gradient
-    from suite.omniglot.train import LayerLam
-    from suite.solvers import GD
+    from suite.core import adapt
+    from suite import meta_gradient
+    from suite.experiments.omniglot.train import LayerLam
+    from suite.core.solvers import GD
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     x, xq = torch.randn(8, 3, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)

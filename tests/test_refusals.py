@@ -10,8 +10,8 @@ import torch
 import synthetic
 import suite
 from suite import LinearRegressionTask, ModuleTask, meta_gradient
-from suite.checks import check_device
-from suite.solvers import GD, InnerDivergence, NesterovAGD
+from suite.harness.cli import check_device
+from suite.core.solvers import GD, InnerDivergence, NesterovAGD
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_cg_never_returns_zeros_for_a_nan_system():
 ])
 def test_sweep_arguments_are_checked_before_any_row(argv, message, tmp_path, capsys,
                                                     monkeypatch):
-    from suite import sweeps
+    from suite.experiments import sweeps
     monkeypatch.setattr(sweeps, "run_sweep", lambda *a, **k: pytest.fail("work began"))
     monkeypatch.setattr(sweeps, "cnn_tasks", lambda *a, **k: pytest.fail("work began"))
     out = [] if argv[0] == "hvp-cost" else ["--out", str(tmp_path / "x.csv")]
@@ -116,14 +116,14 @@ def test_sweep_arguments_are_checked_before_any_row(argv, message, tmp_path, cap
 
 
 def test_sweep_out_into_a_missing_folder_is_refused(tmp_path, capsys):
-    from suite import sweeps
+    from suite.experiments import sweeps
     with pytest.raises(SystemExit, match=re.escape("does not exist")):
         sweeps.main(["error", "--steps", "5", "--out", str(tmp_path / "nope" / "x.csv")])
     assert not (tmp_path / "nope").exists()
 
 
 def test_regress_with_a_missing_baseline_computes_nothing(tmp_path, monkeypatch):
-    from suite import regress
+    from suite.experiments import regress
     monkeypatch.setattr(regress, "measure", lambda: pytest.fail("metrics computed first"))
     with pytest.raises(SystemExit, match="no baseline"):
         regress.main(["--baseline", str(tmp_path / "missing.json")])
@@ -131,8 +131,8 @@ def test_regress_with_a_missing_baseline_computes_nothing(tmp_path, monkeypatch)
 
 def test_omniglot_download_offline_says_what_to_do(tmp_path, monkeypatch):
     import urllib.error
-    from suite.omniglot import __main__ as cli
-    from suite.omniglot import data
+    from suite.experiments.omniglot import __main__ as cli
+    from suite.experiments.omniglot import data
 
     def offline(root):
         raise urllib.error.URLError("Temporary failure in name resolution")
@@ -144,7 +144,7 @@ def test_omniglot_download_offline_says_what_to_do(tmp_path, monkeypatch):
 def test_pinned_commit_survives_the_command_rewriting_tracked_files(monkeypatch):
     # A command pins its commit at its start, so rows written after it rewrites a committed
     # results file are not marked '+dirty' by its own output.
-    from suite import results
+    from suite.harness import results
     monkeypatch.setenv("SUITE_GIT_COMMIT", "")      # restored (or removed) after the test
     monkeypatch.delenv("SUITE_GIT_COMMIT")
     pinned = results.pin_commit()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from suite import regress
-from suite.registry import METHODS
+from suite.experiments import regress
+from suite.core.registry import METHODS
 
 BASE = {"e": {"kind": "error", "value": 1e-6}, "b": {"kind": "bytes", "value": 1000.0},
         "r": {"kind": "ratio", "value": 2.0},
@@ -103,7 +103,7 @@ def test_a_maml_whose_inner_loop_is_not_differentiated_fails_the_gate(monkeypatc
 
 @pytest.mark.skipif(not SHARED.exists(), reason="../shared/data/omniglot missing")
 def test_a_method_that_climbs_the_loss_fails_the_learning_check(monkeypatch):
-    from suite import learning
+    from suite.experiments import learning
     committed = json.loads(regress.BASELINE.read_text())["metrics"]
     fomaml = METHODS["fomaml"].fn
 

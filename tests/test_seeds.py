@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from suite.omniglot import recipes, report
+from suite.experiments.omniglot import recipes, report
 
 DEFAULT = recipes.DEFAULT_IMAML
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-import suite.sweeps as sweeps
-from suite.results import ResultsStore
+import suite.experiments.sweeps as sweeps
+from suite.harness.results import ResultsStore
 
 TINY = dict(methods=["maml", "fomaml", "imaml"], steps_list=[2, 4], cg_list=[3], kappas=[10.0],
             dim=5)

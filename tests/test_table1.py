@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from suite import table1
+from suite.experiments import table1
 
 
 def test_smallest_budget_brackets_the_threshold_within_five_percent():

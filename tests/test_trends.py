@@ -9,7 +9,7 @@ import torch
 
 import synthetic
 from suite import LinearRegressionTask, meta_gradient
-from suite.solvers import GD
+from suite.core.solvers import GD
 
 LAM, KAPPA = 1.0, 100.0
 

@@ -6,7 +6,7 @@ import torch
 
 import suite
 from suite import LinearRegressionTask, ModuleTask, meta_gradient
-from suite.solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
+from suite.core.solvers import GD, NesterovAGD, NewtonCG, ScipyLBFGS
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [

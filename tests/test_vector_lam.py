@@ -6,10 +6,10 @@ import torch
 
 import synthetic
 from suite import meta_gradient
-from suite.batched import BatchedTasks, batched_meta_gradient
-from suite.solvers import GD, NewtonCG
-from suite.tasks import LinearRegressionTask
-from suite.workloads import cnn_tasks
+from suite.core.batched import BatchedTasks, batched_meta_gradient
+from suite.core.solvers import GD, NewtonCG
+from suite.core.tasks import LinearRegressionTask
+from suite.harness.workloads import cnn_tasks
 
 DIM = 12
 F64 = torch.float64

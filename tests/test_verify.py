@@ -72,22 +72,22 @@ def test_peers_pass():
 
 
 def test_cli_report_card_and_exit_status(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "suite.verify", "examples/verify/plain.py:maml",
+    r = subprocess.run([sys.executable, "-m", "suite", "verify", "examples/verify/plain.py:maml",
                         "--claims", "maml", "--report", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "PASS" in r.stdout and (tmp_path / "report.md").exists()
     assert (tmp_path / "report.png").exists() and "memory grows by" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "suite.verify",
+    r = subprocess.run([sys.executable, "-m", "suite", "verify",
                         "examples/verify/broken.py:maml_one_step_short", "--claims", "maml",
                         "--no-cost"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "one step fewer" in r.stdout
 
 
 def test_an_unimportable_function_is_a_one_line_refusal(capsys):
-    from suite import cli
+    from suite.harness import cli
     from suite.verify.__main__ import main
-    assert cli.run(main, ["no_such_module:f"], prog="python -m suite.verify") == 2
+    assert cli.run(main, ["no_such_module:f"], prog="imaml-suite verify") == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "no_such_module: cannot be imported" in line
 
@@ -107,7 +107,7 @@ def _same(shown: str, printed: str) -> bool:
 def test_readme_verify_command_prints_what_the_readme_shows():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Verify your own meta-gradient")[1].split("\n## ")[0]
-    command = re.search(r"```sh\n(python -m suite.verify .*?)\n```", section).group(1)
+    command = re.search(r"```sh\n(imaml-suite verify .*?)\n```", section).group(1)
     shown = re.search(r"prints \(exit status (\d)\)\n\n```\n(.*?)\n```", section, re.S)
     r = subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@ it, with no file of the suite changed. Written against the suite's public API on
 import torch
 
 import suite
-from suite.solvers import InnerProblem, run_solver
+from suite.core.solvers import InnerProblem, run_solver
 
 
 def imaml_fd(task, theta, *, lam, solver, cg_steps=10, fd_step=1e-5, on_breakdown="raise",

@@ -1,7 +1,7 @@
 """Broken meta-gradient code, each with one fault seen in the wild, for trying suite.verify
 (tests/test_verify.py checks that each is diagnosed by name):
 
-    python -m suite.verify examples/verify/broken.py:maml_first_order --claims maml
+    imaml-suite verify examples/verify/broken.py:maml_first_order --claims maml
 """
 import torch
 from torch.func import functional_call

@@ -2,8 +2,8 @@
 ``suite.verify`` judges: fn(model, support, query, *, steps, lr, lam) -> gradients shaped like
 model.parameters(). Try:
 
-    python -m suite.verify examples/verify/plain.py:maml --claims maml
-    python -m suite.verify examples/verify/plain.py:imaml --claims imaml
+    imaml-suite verify examples/verify/plain.py:maml --claims maml
+    imaml-suite verify examples/verify/plain.py:imaml --claims imaml
 """
 import torch
 import torch.nn.functional as F

@@ -1,1 +1,2 @@
-"""Omniglot few-shot pipeline: data, task sampler, meta-training and evaluation."""
+"""``python -m suite.omniglot`` = ``imaml-suite omniglot``, kept for the older form; the code is
+in ``suite.experiments.omniglot``."""

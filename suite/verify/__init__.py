@@ -1,6 +1,6 @@
 """A verdict on anyone's meta-gradient code: which reference does it compute, and at what cost.
 
-    python -m suite.verify MODULE:FUNCTION [--claims maml|fomaml|truncated|imaml]
+    imaml-suite verify MODULE:FUNCTION [--claims maml|fomaml|truncated|imaml]
 
 or, in a user's own pytest (as scikit-learn's ``check_estimator``)::
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..solvers import GD
-from .problems import linear_closed_forms, problems
-from .references import TRUNCATIONS, references
+from suite.core.solvers import GD
+from suite.verify.problems import linear_closed_forms, problems
+from suite.verify.references import TRUNCATIONS, references
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class Report:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        from .card import markdown
+        from suite.verify.card import markdown
         return markdown(self)
 
 
@@ -368,7 +368,7 @@ def _tolerance_note(calls: list) -> str:
 
 
 def _cost(report: Report, caller, loss: str, claims: str | None) -> None:
-    from . import cost as cost_mod
+    from suite.verify import cost as cost_mod
     problem = problems(loss)[-1]   # the largest: the CNN, or the MLP regressor
     try:
         rows = cost_mod.measure(lambda k, lr, lam: caller(problem, k, lr, lam), problem)

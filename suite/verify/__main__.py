@@ -1,4 +1,4 @@
-"""python -m suite.verify MODULE:FUNCTION: judge a meta-gradient implementation (see
+"""imaml-suite verify MODULE:FUNCTION: judge a meta-gradient implementation (see
 ``suite.verify``). MODULE is an importable module (the current folder is searched first) or
 a path to a .py file. Exit status: 0 when the function matches the reference it claims (or,
 without --claims, some reference), 1 when it does not, 2 for a usage error."""
@@ -9,12 +9,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from .. import cli
-from ..checks import HelpFormatter
-from . import CLAIMS, FORMS, judge
-from .card import markdown, write
-from .problems import LOSSES
-from .references import TRUNCATIONS
+from suite.harness import cli, commands
+from suite.harness.cli import HelpFormatter
+from suite.verify import CLAIMS, FORMS, judge
+from suite.verify.card import markdown, write
+from suite.verify.problems import LOSSES
+from suite.verify.references import TRUNCATIONS
 
 
 def load(parser, spec: str):
@@ -42,7 +42,7 @@ def load(parser, spec: str):
 
 
 def main(argv=None) -> int:
-    parser = cli.Parser(prog="python -m suite.verify", description=__doc__,
+    parser = cli.Parser(prog=commands.prog("verify"), description=__doc__,
                                      formatter_class=HelpFormatter)
     parser.add_argument("function", help="MODULE:FUNCTION or path/to/file.py:FUNCTION")
     parser.add_argument("--claims", choices=sorted(CLAIMS), default=None,
@@ -76,4 +76,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, prog="python -m suite.verify"))
+    sys.exit(cli.run(main, prog=commands.prog("verify")))

@@ -1,7 +1,7 @@
 """Third-party meta-gradient code in the form ``suite.verify`` judges (the ``peers`` extra):
 
-    python -m suite.verify suite.verify.adapters:higher_maml --claims maml
-    python -m suite.verify suite.verify.adapters:torchopt_imaml --claims imaml
+    imaml-suite verify suite.verify.adapters:higher_maml --claims maml
+    imaml-suite verify suite.verify.adapters:torchopt_imaml --claims imaml
 
 Each is the library's documented way of taking that meta-gradient, with the suite's inner
 problem: ``steps`` of SGD at ``lr`` on L_support + lam/2 |phi - theta|^2.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..peers import quiet_torchopt, torchopt_root
+from suite.experiments.peers import quiet_torchopt, torchopt_root
 
 
 def make_higher_maml(loss=F.cross_entropy):

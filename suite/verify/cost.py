@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..measure import measure_memory, time_calls
-from ..methods import meta_gradient
-from ..solvers import GD
+from suite.harness.measure import measure_memory, time_calls
+from suite.core.methods import meta_gradient
+from suite.core.solvers import GD
 
 STEPS = (1, 2, 4, 8, 16)
 SUITE = {"maml": {}, "fomaml": {}, "imaml": {"cg_steps": 10, "on_breakdown": "keep"}}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tasks import ModuleTask
+from suite.core.tasks import ModuleTask
 
 LOSSES = {"ce": F.cross_entropy, "mse": F.mse_loss}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..methods import meta_gradient
-from ..solvers import GD
+from suite.core.methods import meta_gradient
+from suite.core.solvers import GD
 
 TRUNCATIONS = (1, 2, 3)   # truncated backprop through the last k steps (k >= K: full MAML)
 

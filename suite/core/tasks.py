@@ -8,7 +8,7 @@ where an option needs more (and says so when a task lacks it):
   ``train_loss(phi) == train_output_loss(train_outputs(phi))``: the model's outputs on the
   training data, for the Gauss-Newton curvature (``OutputTask``);
 - ``train_size`` and ``restricted(index)``, a task whose training data are the rows
-  ``index`` of this one's: mini-batches for stochastic inner solvers (``suite.solvers.Adam``).
+  ``index`` of this one's: mini-batches for stochastic inner solvers (``suite.core.solvers.Adam``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .checks import check_finite
+from suite.core.validation import check_finite
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
-from .checks import check_float, check_int, describe_range
+from suite.core.validation import check_float, check_int, describe_range
 
 ENTRY_POINT_GROUP = "imaml_suite.methods"
 
@@ -103,7 +103,7 @@ class Method:
     ``needs_positive_lam``: lam > 0 (Lemma 1), else lam >= 0. ``needs_differentiable_solver``:
     backpropagates through the solver's steps. ``lam_grad``: can give d/dlam.
     ``batched``: the task-batched form ``fn(bt, theta, *, lam, steps, lr, chunk_size,
-    **options)`` over ``suite.batched.BatchedTasks``, or None. ``exact_for``: a key of
+    **options)`` over ``suite.core.batched.BatchedTasks``, or None. ``exact_for``: a key of
     ``EXACT_FOR``. ``converged_options``: options under which ``exact_for`` holds on a small,
     well-conditioned problem (the contract test uses them). ``needs_dense``: forms the dense
     Hessian (small problems only)."""

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .fastest import UNMEASURED, fastest
+from suite.core.fastest import UNMEASURED, fastest
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 CG_MODES = ("raise", "return", "continue")
@@ -286,7 +286,7 @@ def solve_implicit(matvec: Matvec, v: torch.Tensor, *, scale: float | torch.Tens
     """Solve the implicit system A u = v (one row per task for a 2-D ``v``) with the named
     linear solver and breakdown policy (``BREAKDOWN_POLICIES``); return x = scale * u.
 
-    For iMAML A is the Hessian of G (or its stand-in, ``suite.curvature``) and ``scale`` is
+    For iMAML A is the Hessian of G (or its stand-in, ``suite.core.curvature``) and ``scale`` is
     lam, a number or a vector of u's length: x is the meta-gradient, ``result.u`` the
     solution itself. ``min_curvature`` is reported for A / min(scale) (the paper's I + H/lam
     for a scalar lam), ``residual`` is scale-free. ``step`` is the Neumann series' step.
@@ -360,8 +360,8 @@ HVP_PRODUCTS: dict[str, Callable] = {"reverse": hvp_at, "forward": forward_over_
 """Exact Hessian-vector products: name -> ``product_at(loss_fn, phi) -> (grad, v -> H v)``."""
 
 FASTEST_HVP = fastest("hvp")
-"""The product ``hvp="auto"`` takes per device type: measured by ``python -m suite.sweeps
-hvp-cost`` and recorded in ``results/fastest.json`` (see ``suite.fastest``)."""
+"""The product ``hvp="auto"`` takes per device type: measured by ``imaml-suite sweeps
+hvp-cost`` and recorded in ``results/fastest.json`` (see ``suite.core.fastest``)."""
 
 
 def hvp_product(name: str, device) -> Callable:

@@ -1,6 +1,6 @@
 """The fastest exact Hessian-vector product and BatchNorm per device type, as measured.
 
-``python -m suite.sweeps hvp-cost`` times every curvature product with every BatchNorm on the
+``imaml-suite sweeps hvp-cost`` times every curvature product with every BatchNorm on the
 20-way 5-shot CNN; ``choose(rows)`` reads the choice off those rows (the BatchNorm whose iMAML
 meta-gradient is fastest, then the faster of the two exact products with it), and
 ``--record-fastest`` writes it for the device type into ``results/fastest.json``, which
@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-RECORD = Path(__file__).resolve().parents[1] / "results" / "fastest.json"
+RECORD = Path(__file__).resolve().parents[2] / "results" / "fastest.json"
 UNMEASURED = {"hvp": "reverse", "batchnorm": "native"}
 EXACT_PRODUCTS = {"reverse HVP": "reverse", "forward HVP": "forward"}
 

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
-from .curvature import Curvature, gauss_newton_at
-from .linalg import solve_implicit
-from .methods import MetaGradient, Stats
-from .checks import check_finite, check_int, check_lam
-from .tasks import ModuleTask
+from suite.core.curvature import Curvature, gauss_newton_at
+from suite.core.linalg import solve_implicit
+from suite.core.methods import MetaGradient, Stats
+from suite.core.validation import check_finite, check_int, check_lam
+from suite.core.tasks import ModuleTask
 
 
 class BatchedTasks:
@@ -76,8 +76,8 @@ def batched_meta_gradient(method, bt: BatchedTasks, theta: torch.Tensor, *, lam,
     ``chunk_size`` tasks at a time (``torch.func.vmap``'s own option; default: all at once)
     trades time for memory: MAML holds the graphs of one chunk, not of the whole meta-batch.
     """
-    from .registry import METHODS, get_method
-    from .solvers import GD
+    from suite.core.registry import METHODS, get_method
+    from suite.core.solvers import GD
     spec = get_method(method)
     if spec.batched is None:
         raise ValueError(f"method {spec.name!r} has no batched form; methods with one: "

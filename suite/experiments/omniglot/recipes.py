@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..curvature import Curvature
-from ..registry import METHODS, SOLVERS
+from suite.core.curvature import Curvature
+from suite.core.registry import METHODS, SOLVERS
 
 PAPER = {  # Table 2 of the paper (accuracy %, 5w1s / 5w5s / 20w1s / 20w5s)
     "maml": ("MAML", [98.7, 99.9, 95.8, 98.9]),
@@ -44,7 +44,7 @@ SOLVER_SETUP = {
 EVAL_SOLVER_SETUP = {
     "adam": lambda cfg: dict(steps=REPTILE["eval_iters"], lr=REPTILE["inner_lr"], beta1=0.0),
 }
-OUTER_STEPS = ("adam", "annealed-sgd")   # see suite.omniglot.train.OUTER
+OUTER_STEPS = ("adam", "annealed-sgd")   # see suite.experiments.omniglot.train.OUTER
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in TABLE2 + VARIANTS}
 TABLE2_RECIPES = [r.name for r in TABLE2]
 VARIANT_RECIPES = [DEFAULT_IMAML] + [r.name for r in VARIANTS]
 # The candidates for the default iMAML recipe, chosen on validation characters
-# (``python -m suite.omniglot choose``), never on the held-out test characters.
+# (``imaml-suite omniglot choose``), never on the held-out test characters.
 IMAML_CANDIDATES = [DEFAULT_IMAML, "imaml-paper-lam0.5", "imaml-gn-learned-lam"]
 
 
@@ -214,11 +214,11 @@ def get(name: str) -> Recipe:
     if name in names():
         return for_method(name)
     raise ValueError(f"recipe must be one of {names()}, got {name!r} "
-                     "(python -m suite.omniglot recipes lists them)")
+                     "(imaml-suite omniglot recipes lists them)")
 
 
 def describe() -> str:
-    """One line per recipe, for ``python -m suite.omniglot recipes``."""
+    """One line per recipe, for ``imaml-suite omniglot recipes``."""
     lines = []
     for r in map(get, names()):
         parts = [r.method or "-", f"solver {r.solver}", f"lam {r.lam:g}"]

@@ -3,7 +3,7 @@
 A Hessian-vector product on a BatchNorm network differentiates BatchNorm's backward. PyTorch's
 own derivative of that backward (``NativeBatchNormBackwardBackward0``) takes about 35
 elementwise passes per layer, which make it the largest share of a reverse HVP on the 4-layer
-CNN (``python -m suite.sweeps hvp-cost``). Here the forward and the first backward are the
+CNN (``imaml-suite sweeps hvp-cost``). Here the forward and the first backward are the
 native kernels, and the backward's own vector-Jacobian product is the closed form below: three
 per-channel reductions and two outputs, each a sum of per-channel multiples of ``a``, ``gy``,
 ``xhat`` and a constant.

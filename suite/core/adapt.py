@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from .methods import meta_gradient
-from .registry import get_method
-from .solvers import InnerProblem, for_tasks, run_solver
+from suite.core.methods import meta_gradient
+from suite.core.registry import get_method
+from suite.core.solvers import InnerProblem, for_tasks, run_solver
 
 
 class _LinearTest:

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .checks import check_finite, check_lam, check_scalar
-from .curvature import CURVATURES, Curvature, gauss_newton_at
-from .linalg import (BREAKDOWN_POLICIES, HVP_PRODUCTS, LINEAR_SOLVERS, hvp_product,
-                     solve_implicit)
-from .registry import METHODS, Method, Option, get_method, register_method
-from .solvers import InnerProblem, backtracking_step, run_solver
-from .tasks import OutputTask, Task, num_parameters
+from suite.core.validation import check_finite, check_lam, check_scalar
+from suite.core.curvature import CURVATURES, Curvature, gauss_newton_at
+from suite.core.linalg import (BREAKDOWN_POLICIES, HVP_PRODUCTS, LINEAR_SOLVERS, hvp_product,
+                               solve_implicit)
+from suite.core.registry import METHODS, Method, Option, get_method, register_method
+from suite.core.solvers import InnerProblem, backtracking_step, run_solver
+from suite.core.tasks import OutputTask, Task, num_parameters
 
 EXACT_MAX_DIM = 4096
 """Largest parameter count for ``"exact"`` (it forms the dense Hessian: d^2 entries)."""
@@ -226,16 +226,16 @@ def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="ra
     (H + diag(lam)) u = v, g = lam * u (the Hessian of G, symmetric also for a vector lam);
     then d/dlam = (theta - phi) * u from the same solve. The solve uses ``cg_steps``
     iterations at most (stopping early below ``cg_tol``) of ``linear_solver``
-    (``suite.linalg.LINEAR_SOLVERS``: "cg", "normal-cg", or "neumann" with its
+    (``suite.core.linalg.LINEAR_SOLVERS``: "cg", "normal-cg", or "neumann" with its
     ``neumann_step`` in (0, 2 / largest eigenvalue of H + lam)); a budget that leaves a
     residual is reported in ``stats`` (``cg_converged=False``). ``curvature`` (a name or
-    ``suite.curvature.Curvature``) replaces H: "hessian" (the paper), "gauss-newton",
+    ``suite.core.curvature.Curvature``) replaces H: "hessian" (the paper), "gauss-newton",
     "damped", "official"; with an approximate H, d/dlam is approximate alike. A breakdown
-    (p^T A p <= 0) is handled by ``on_breakdown`` (``suite.linalg.BREAKDOWN_POLICIES``):
+    (p^T A p <= 0) is handled by ``on_breakdown`` (``suite.core.linalg.BREAKDOWN_POLICIES``):
     "raise" (default), "keep", "first-order" or "continue"; ``stats`` records the policy, the
     iteration and the smallest curvature met, and how many tasks got the first-order direction.
     ``stats.inner_stationarity`` = |grad G(phi)| / |grad G(theta)|: Lemma 1 assumes 0.
-    ``hvp`` picks the exact Hessian product (``suite.linalg.HVP_PRODUCTS``: "reverse" on the
+    ``hvp`` picks the exact Hessian product (``suite.core.linalg.HVP_PRODUCTS``: "reverse" on the
     kept gradient graph, "forward" over reverse; "auto": the faster one measured for the
     device, ``FASTEST_HVP``); "gauss-newton" has its own product and ignores it.
     """
@@ -329,7 +329,7 @@ def exact(task, theta, *, lam, solver=None, max_newton=100, lam_grad=False):
                         if lam_grad else None)
 
 
-from . import batched, unroll as low_memory  # noqa: E402  (they use MetaGradient, Stats)
+from suite.core import batched, unroll as low_memory  # noqa: E402  (they use MetaGradient, Stats)
 
 
 def _check_curvature(value):
@@ -410,7 +410,7 @@ def _validate(spec: Method, task, theta, lam, solver, options: dict):
     lam = check_lam(lam, theta, positive=spec.needs_positive_lam)
     if spec.needs_solver:
         if not callable(getattr(solver, "solve", None)):
-            raise TypeError(f"solver must be an inner solver from suite.solvers (with .solve), "
+            raise TypeError(f"solver must be an inner solver from suite.core.solvers (with .solve), "
                             f"got {solver!r}")
         spec.check_solver(solver)
     missing = [o for o in spec.options if o.default is None and not o.none_ok
@@ -459,7 +459,7 @@ def meta_gradient_batch(method, tasks, theta: torch.Tensor, *, lam: float, solve
                         **options) -> MetaGradient:
     """The average meta-gradient over a meta-batch; counts and wall time are summed.
     ``solver`` is one solver for every task, or a sequence of one per task (see
-    ``suite.solvers.for_tasks``)."""
+    ``suite.core.solvers.for_tasks``)."""
     tasks = list(tasks)
     if not tasks:
         raise ValueError("tasks must be a non-empty sequence of tasks")

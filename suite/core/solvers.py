@@ -15,9 +15,9 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from .checks import check_float, check_int, check_scalar
-from .linalg import conjugate_gradient, hvp_at
-from .registry import SOLVERS, Option, SolverSpec, register_solver
+from suite.core.validation import check_float, check_int, check_scalar
+from suite.core.linalg import conjugate_gradient, hvp_at
+from suite.core.registry import SOLVERS, Option, SolverSpec, register_solver
 
 
 class InnerProblem:
@@ -82,7 +82,7 @@ class InnerProblem:
 
 
 def _hvp(problem: InnerProblem, product_at, point, v):
-    """H_train(point) v by ``product_at`` (``suite.linalg.HVP_PRODUCTS``), counted as one
+    """H_train(point) v by ``product_at`` (``suite.core.linalg.HVP_PRODUCTS``), counted as one
     gradient (the product's graph or tangent) and one HVP."""
     problem.grad_evals += 1
     problem.hvps += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .table1 import EXPONENT_TOLERANCE, ROWS, fit_exponent, fit_log_delta
+from suite.experiments.table1 import EXPONENT_TOLERANCE, ROWS, fit_exponent, fit_log_delta
 
 VANISHED = 1e-6      # a relative error below this counts as "converged to the exact value"
 FLAT = 0.01          # memory counts as flat when its spread is within 1% of its minimum

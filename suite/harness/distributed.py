@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .cli import PeerLost, UsageError
+from suite.harness.cli import PeerLost, UsageError
 
 # How long a rank waits at a collective before giving up on its peers. A healthy rank waits
 # at most for rank 0 to build the image cache of the full Omniglot archives (under two

@@ -17,11 +17,11 @@ import numpy as np
 
 import synthetic
 
-from .measure import measure_memory
-from .methods import meta_gradient
-from .results import provenance
-from .registry import get_method
-from .sweeps import make_solver
+from suite.harness.measure import measure_memory
+from suite.core.methods import meta_gradient
+from suite.harness.results import provenance
+from suite.core.registry import get_method
+from suite.experiments.sweeps import make_solver
 
 
 @dataclass(frozen=True)

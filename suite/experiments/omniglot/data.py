@@ -118,7 +118,7 @@ def load(source, cache_dir: Path | None = None) -> Characters:
     """The characters of an archive (``.zip`` or extracted folder), cached as .npz."""
     source = Path(source)
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist (see suite.omniglot.data.download)")
+        raise FileNotFoundError(f"{source} does not exist (see suite.experiments.omniglot.data.download)")
     archive = source.name.removesuffix(".zip")
     cache = None
     if cache_dir is not None:

@@ -3,7 +3,7 @@
 resumes it, exit status 130 / 143 (128 + the signal, as shells report it).
 
     if __name__ == "__main__":
-        sys.exit(cli.run(main, prog="python -m suite.sweeps"))
+        sys.exit(cli.run(main, prog="imaml-suite sweeps"))
 
 Tracebacks are left for bugs: a user error raises ``UsageError`` (a ``SystemExit``, so a
 caller of ``main()`` still sees it as one), an argparse error goes through ``Parser``, a
@@ -12,6 +12,7 @@ stop raises ``Interrupted`` or ``KeyboardInterrupt``, a lost peer process ``Peer
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import signal
@@ -19,8 +20,12 @@ import sys
 import threading
 from pathlib import Path
 
+import torch
+
+from suite.core.validation import describe_range
+
 STOP_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "out"
 """Every command's default output folder (``out/results/...``, ``out/reports/...``), ignored
 by git: a trial run never replaces the committed ``results/`` and ``reports/``. Refreshing
@@ -152,3 +157,43 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for s, handler in self._old.items():
             signal.signal(s, handler)
+
+
+def check_device(device: str, flag: str = "--device") -> torch.device:
+    """The torch device named ``device``, refused with a message (not a traceback) when it
+    is not a device name or names a CUDA device this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"{flag} {device}: not a torch device name; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{flag} {device}: no CUDA device is available on this machine "
+                         "(install a CUDA build of torch on a GPU machine, see the README)")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"{flag} {device}: only cpu and cuda devices are supported")
+    return dev
+
+
+def cli_range(parser, flag: str, value, low: float, high: float = math.inf, *,
+              low_open: bool = False) -> None:
+    """Refuse a command-line value (or each of a list) outside the range, through
+    ``parser.error`` (usage and exit status 2), before any work starts."""
+    if value is None:
+        return
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if not (math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
+            parser.error(f"{flag} must be {describe_range(low, high, low_open, False)}, got {v}")
+
+
+def cli_out_folder(parser, flag: str, path) -> None:
+    """An output file's folder must exist: a typo should not create a new tree silently. The
+    defaults' own tree, ``out/``, is created as needed."""
+    folder = Path(path).resolve().parent
+    if not folder.is_dir() and folder.is_relative_to(OUT.resolve()):
+        folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        parser.error(f"{flag} {path}: the folder {folder} does not exist (create it first)")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the description's layout and shows every flag's default."""

@@ -30,18 +30,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import cli
-from ..adapt import adapt
-from ..checks import check_float, check_int
-from ..cli import Interrupted, StopRequest
-from ..distributed import World, check_divisible
-from ..methods import Stats, meta_gradient, meta_gradient_batch
-from ..results import provenance, write_csv_atomic
-from ..solvers import InnerProblem, for_tasks, run_solver
-from ..tasks import ModuleTask
-from ..workloads import check_batchnorm, conv4
-from . import recipes
-from .data import Characters, TaskSampler
+from suite.harness import cli
+from suite.core.adapt import adapt
+from suite.core.validation import check_float, check_int
+from suite.harness.cli import Interrupted, StopRequest
+from suite.harness.distributed import World, check_divisible
+from suite.core.methods import Stats, meta_gradient, meta_gradient_batch
+from suite.harness.results import provenance, write_csv_atomic
+from suite.core.solvers import InnerProblem, for_tasks, run_solver
+from suite.core.tasks import ModuleTask
+from suite.models.conv4 import check_batchnorm, conv4
+from suite.experiments.omniglot import recipes
+from suite.experiments.omniglot.data import Characters, TaskSampler
 
 EVAL_SEED = 12345      # held-out tasks of the final evaluation
 CURVE_SEED = 54321     # held-out tasks of the learning curve
@@ -169,7 +169,7 @@ def outer_direction(cfg: TrainConfig, solver, tasks, theta, world: World = World
     """The direction handed to the outer optimizer (the mean over all ``tasks``, of which
     this rank computes its share) and the diagnostics of computing it. A learned ``lam`` (a
     vector in the graph of its parameters: ``Learner.lam(cfg, differentiable=True)``) is
-    adapted through ``suite.adapt``; ``info["lam_grad"]`` is then the mean d/dlam, to be
+    adapted through ``suite.core.adapt``; ``info["lam_grad"]`` is then the mean d/dlam, to be
     backpropagated into those parameters (not a diagnostic)."""
     spec = cfg.spec
     lam = spec.lam if lam is None else lam

@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 from torch.func import grad, jvp, vjp
 
-from .checks import check_float
-from .linalg import Matvec
+from suite.core.validation import check_float
+from suite.core.linalg import Matvec
 
 CURVATURES = ("hessian", "gauss-newton", "damped", "official")
 

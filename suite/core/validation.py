@@ -1,14 +1,12 @@
-"""Argument validation, in one place: every message names the parameter and the allowed
-range exactly as it is checked."""
+"""Argument validation for the core, in one place: every message names the parameter and the
+allowed range exactly as it is checked (a ``ValueError`` or ``TypeError``; command lines turn
+them into usage errors in ``suite.harness.cli``)."""
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
 import torch
-
-from .cli import UsageError
 
 
 def check_int(name: str, value, minimum: int = 0, maximum: int | None = None) -> int:
@@ -69,21 +67,6 @@ def check_finite(name: str, tensor: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or Inf; every entry must be finite")
 
 
-def check_device(device: str, flag: str = "--device") -> torch.device:
-    """The torch device named ``device``, refused with a message (not a traceback) when it
-    is not a device name or names a CUDA device this machine lacks."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"{flag} {device}: not a torch device name; use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"{flag} {device}: no CUDA device is available on this machine "
-                         "(install a CUDA build of torch on a GPU machine, see the README)")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"{flag} {device}: only cpu and cuda devices are supported")
-    return dev
-
-
 def check_scalar(name: str, value) -> torch.Tensor:
     """``value`` if it is a 0-dim tensor (a loss), else a message naming ``name``."""
     if not torch.is_tensor(value) or value.ndim != 0:
@@ -91,31 +74,3 @@ def check_scalar(name: str, value) -> torch.Tensor:
         raise ValueError(f"{name} must return a scalar (0-dim) tensor, got {shape}; reduce "
                          "the loss, e.g. with .mean()")
     return value
-
-
-def cli_range(parser, flag: str, value, low: float, high: float = math.inf, *,
-              low_open: bool = False) -> None:
-    """Refuse a command-line value (or each of a list) outside the range, through
-    ``parser.error`` (usage and exit status 2), before any work starts."""
-    if value is None:
-        return
-    for v in value if isinstance(value, (list, tuple)) else [value]:
-        if not (math.isfinite(v) and (v > low if low_open else v >= low) and v <= high):
-            parser.error(f"{flag} must be {describe_range(low, high, low_open, False)}, got {v}")
-
-
-def cli_out_folder(parser, flag: str, path) -> None:
-    """An output file's folder must exist: a typo should not create a new tree silently. The
-    defaults' own tree, ``out/``, is created as needed."""
-    from pathlib import Path
-
-    from .cli import OUT
-    folder = Path(path).resolve().parent
-    if not folder.is_dir() and folder.is_relative_to(OUT.resolve()):
-        folder.mkdir(parents=True, exist_ok=True)
-    if not folder.is_dir():
-        parser.error(f"{flag} {path}: the folder {folder} does not exist (create it first)")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """--help keeps the description's layout and shows every flag's default."""

@@ -1,0 +1,1 @@
+"""Omniglot few-shot pipeline: data, task sampler, meta-training and evaluation."""
