@@ -7,7 +7,8 @@ is added with ``register_method`` or by an installed entry point in ``imaml_suit
 from suite.core import solvers
 from suite.core.curvature import CURVATURES, Curvature
 from suite.core.linalg import (BREAKDOWN_POLICIES, LINEAR_SOLVERS, CGBreakdown, CGResult,
-                               conjugate_gradient, hvp_at, solve_implicit)
+                               conjugate_gradient, solve_implicit)
+from suite.core.hvp import hvp_at
 from suite.core.methods import (EXACT_MAX_DIM, MetaGradient, Stats, meta_gradient,
                                 meta_gradient_batch)
 from suite.core.registry import (EXACT_FOR, METHODS, SOLVERS, Method, Option, SolverSpec,

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from suite import meta_gradient
-from suite.core.linalg import FASTEST_HVP, HVP_PRODUCTS, hvp_at, hvp_product
+from suite.core.hvp import FASTEST_HVP, HVP_PRODUCTS, hvp_at, hvp_product
 from suite.core.solvers import GD
 from suite.experiments.sweeps import cnn_products
 from suite.models.batchnorm import ClosedFormBatchNorm2d

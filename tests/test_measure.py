@@ -128,7 +128,7 @@ def test_a_graph_built_and_dropped_inside_the_meter_is_freed():
     mixed-mode MAML does: the live bytes return to what the results hold. Packing a saved
     output as itself would keep each graph alive (a cycle through its grad_fn) and count
     K graphs."""
-    from suite.core.linalg import hvp_at
+    from suite.core.hvp import hvp_at
     from suite.harness.measure import LiveBytes
     torch.manual_seed(0)
     w = torch.randn(64, 64, dtype=torch.float64)

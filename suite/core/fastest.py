@@ -4,7 +4,7 @@
 20-way 5-shot CNN; ``choose(rows)`` reads the choice off those rows (the BatchNorm whose iMAML
 meta-gradient is fastest, then the faster of the two exact products with it), and
 ``--record-fastest`` writes it for the device type into ``results/fastest.json``, which
-``linalg.FASTEST_HVP`` and ``workloads.FASTEST_BATCHNORM`` read at import. The committed
+``hvp.FASTEST_HVP`` and ``conv4.FASTEST_BATCHNORM`` read at import. The committed
 choices come from ``results/hvp_cost_cpu.csv`` (2 CPU threads) and
 ``results/gpu/hvp_cost_h200_rerun.csv`` (an H200); ``tests/test_hvp_products.py`` checks that
 the JSON is what those rows say. A device type never measured gets the reverse product and the

@@ -20,12 +20,10 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from suite.core.validation import check_finite, check_lam, check_scalar
-from suite.core.curvature import CURVATURES, Curvature, gauss_newton_at
-from suite.core.linalg import (BREAKDOWN_POLICIES, HVP_PRODUCTS, LINEAR_SOLVERS, hvp_product,
-                               solve_implicit)
+from suite.core.hvp import HVP_PRODUCTS
 from suite.core.registry import METHODS, Method, Option, get_method, register_method
-from suite.core.solvers import InnerProblem, backtracking_step, run_solver
-from suite.core.tasks import OutputTask, Task, num_parameters
+from suite.core.solvers import InnerProblem, run_solver
+from suite.core.tasks import Task, num_parameters
 
 EXACT_MAX_DIM = 4096
 """Largest parameter count for ``"exact"`` (it forms the dense Hessian: d^2 entries)."""
@@ -92,14 +90,14 @@ class MetaGradient:
     lam_grad: float | torch.Tensor | None = None   # d/dlam, lam's type (when asked for)
 
 
-def _lam_result(lam, g: torch.Tensor | None, like: torch.Tensor):
+def lam_result(lam, g: torch.Tensor | None, like: torch.Tensor):
     """d/dlam in lam's own form: a float for a number (the sum over parameters, since the
     scalar prox is the vector one with every entry equal), a tensor for a vector."""
     g = torch.zeros_like(like) if g is None else g.detach()
     return float(g.sum()) if not torch.is_tensor(lam) else g
 
 
-def _test_grad(task, phi: torch.Tensor) -> torch.Tensor:
+def test_gradient(task, phi: torch.Tensor) -> torch.Tensor:
     phi = phi.detach().requires_grad_(True)
     with torch.enable_grad():
         g, = torch.autograd.grad(check_scalar("task.test_loss(phi)", task.test_loss(phi)), phi)
@@ -107,7 +105,7 @@ def _test_grad(task, phi: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def _inner(problem: InnerProblem, solver, stats: Stats, unroll: int = 0):
+def run_inner(problem: InnerProblem, solver, stats: Stats, unroll: int = 0):
     result = run_solver(solver, problem, unroll=unroll)
     stats.inner_steps = result.steps
     stats.inner_converged = result.converged
@@ -125,14 +123,14 @@ def _unrolled(task, theta, lam, solver, unroll: int, lam_grad: bool) -> MetaGrad
     problem = InnerProblem(task, theta_leaf, lam_leaf)
     leaves = (theta_leaf, lam_leaf) if lam_grad else (theta_leaf,)
     with torch.enable_grad():
-        phi = _inner(problem, solver, stats, unroll=unroll)
+        phi = run_inner(problem, solver, stats, unroll=unroll)
         loss = task.test_loss(phi)
         grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     stats.grad_evals, stats.loss_evals = problem.grad_evals, problem.loss_evals
     stats.hvps = unroll
     grad = torch.zeros_like(theta) if grads[0] is None else grads[0]
     return MetaGradient(grad, stats, phi.detach(),
-                        _lam_result(lam, grads[1], theta) if lam_grad else None)
+                        lam_result(lam, grads[1], theta) if lam_grad else None)
 
 
 def maml(task, theta, *, lam, solver, lam_grad=False):
@@ -169,7 +167,7 @@ def _low_memory(run, theta, lam, unroll: int, lam_grad: bool) -> MetaGradient:
                   grad_evals=fwd.grad_evals + bw.problem.grad_evals,
                   loss_evals=fwd.loss_evals + bw.problem.loss_evals, hvps=unroll)
     return MetaGradient(bw.g_theta, stats, phi,
-                        _lam_result(lam, bw.g_lam, theta) if lam_grad else None)
+                        lam_result(lam, bw.g_lam, theta) if lam_grad else None)
 
 
 def maml_checkpoint(task, theta, *, lam, solver, segments=None, lam_grad=False):
@@ -196,7 +194,7 @@ def maml_mixed(task, theta, *, lam, solver, hvp="auto", lam_grad=False):
 def fomaml(task, theta, *, lam, solver, lam_grad=False):
     """First-order MAML: dphi/dtheta taken as I, so the meta-gradient is grad L_test(phi)."""
     stats, phi = _adapted(task, theta, lam, solver)
-    return MetaGradient(_test_grad(task, phi), stats, phi)
+    return MetaGradient(test_gradient(task, phi), stats, phi)
 
 
 def reptile(task, theta, *, lam, solver, lam_grad=False):
@@ -211,146 +209,15 @@ def _adapted(task, theta, lam, solver):
     """(stats, phi): the inner solver run without a graph, its work counted."""
     stats = Stats()
     problem = InnerProblem(task, theta.detach(), lam)
-    phi = _inner(problem, solver, stats).detach()
+    phi = run_inner(problem, solver, stats).detach()
     stats.grad_evals, stats.hvps, stats.loss_evals = (
         problem.grad_evals, problem.hvps, problem.loss_evals)
     return stats, phi
 
 
-def imaml(task, theta, *, lam, solver, cg_steps=5, cg_tol=None, on_breakdown="raise",
-          curvature="hessian", linear_solver="cg", neumann_step=None, hvp="auto",
-          lam_grad=False):
-    """Implicit MAML: solve (I + H/lam) g = grad L_test(phi) at the solver's output phi.
+# They build on MetaGradient, Stats and the helpers above.
+from suite.core import batched, implicit, unroll as low_memory  # noqa: E402
 
-    Lemma 1 of the paper: at phi = Alg*(theta), dAlg*/dtheta = (I + H/lam)^-1. Solved as
-    (H + diag(lam)) u = v, g = lam * u (the Hessian of G, symmetric also for a vector lam);
-    then d/dlam = (theta - phi) * u from the same solve. The solve uses ``cg_steps``
-    iterations at most (stopping early below ``cg_tol``) of ``linear_solver``
-    (``suite.core.linalg.LINEAR_SOLVERS``: "cg", "normal-cg", or "neumann" with its
-    ``neumann_step`` in (0, 2 / largest eigenvalue of H + lam)); a budget that leaves a
-    residual is reported in ``stats`` (``cg_converged=False``). ``curvature`` (a name or
-    ``suite.core.curvature.Curvature``) replaces H: "hessian" (the paper), "gauss-newton",
-    "damped", "official"; with an approximate H, d/dlam is approximate alike. A breakdown
-    (p^T A p <= 0) is handled by ``on_breakdown`` (``suite.core.linalg.BREAKDOWN_POLICIES``):
-    "raise" (default), "keep", "first-order" or "continue"; ``stats`` records the policy, the
-    iteration and the smallest curvature met, and how many tasks got the first-order direction.
-    ``stats.inner_stationarity`` = |grad G(phi)| / |grad G(theta)|: Lemma 1 assumes 0.
-    ``hvp`` picks the exact Hessian product (``suite.core.linalg.HVP_PRODUCTS``: "reverse" on the
-    kept gradient graph, "forward" over reverse; "auto": the faster one measured for the
-    device, ``FASTEST_HVP``); "gauss-newton" has its own product and ignores it.
-    """
-    product_at = hvp_product(hvp, theta.device)
-    curvature = Curvature.parse(curvature)
-    if lam_grad and curvature.name == "official":
-        raise ValueError("lam_grad: the 'official' curvature's matrix does not come from the "
-                         "prox term, so it has no gradient in lam; use 'hessian', "
-                         "'gauss-newton' or 'damped'")
-    if curvature.needs_outputs and not isinstance(task, OutputTask):
-        raise TypeError(f"curvature 'gauss-newton' needs the model's outputs: the task must have "
-                        f"train_outputs(phi) and train_output_loss(outputs) (ModuleTask and "
-                        f"LinearRegressionTask do); {type(task).__name__} has not")
-    stats = Stats(cg_policy=on_breakdown)
-    problem = InnerProblem(task, theta.detach(), lam)
-    phi = _inner(problem, solver, stats).detach()
-    v = _test_grad(task, phi)
-    if curvature.needs_outputs:
-        g_train, product = gauss_newton_at(task.train_outputs, task.train_output_loss, phi)
-    else:
-        g_train, product = product_at(task.train_loss, phi)
-    if problem.grad_norm_at_theta:
-        grad_G_norm = float(torch.linalg.vector_norm(g_train + lam * (phi - theta.detach())))
-        stats.inner_stationarity = grad_G_norm / problem.grad_norm_at_theta
-    del g_train   # not held through the solve: memory is what iMAML is measured on
-
-    def counted(u):
-        problem.hvps += 1
-        return product(u)
-
-    matvec, scale = curvature.system(counted, lam)
-    solve = solve_implicit(matvec, v, scale=scale, max_iter=cg_steps, tol=cg_tol,
-                           on_breakdown=on_breakdown, linear_solver=linear_solver,
-                           step=neumann_step)
-    stats.grad_evals = problem.grad_evals + 1   # + the gradient whose graph gives the products
-    stats.hvps, stats.loss_evals = problem.hvps, problem.loss_evals
-    stats.cg_iterations = solve.iterations
-    stats.cg_residual, stats.cg_converged = solve.residual, solve.converged
-    stats.cg_breakdowns, stats.cg_fallbacks = int(solve.breakdown), solve.fallback
-    stats.cg_breakdown_iteration, stats.cg_min_curvature = (solve.breakdown_iteration,
-                                                            solve.min_curvature)
-    return MetaGradient(solve.x, stats, phi, _lam_result(lam, (theta.detach() - phi) * solve.u,
-                                                         theta) if lam_grad else None)
-
-
-def exact(task, theta, *, lam, solver=None, max_newton=100, lam_grad=False):
-    """Dense reference for small problems: Newton with the dense Hessian until the step is at
-    rounding level, then u = (H + diag(lam))^-1 grad L_test(phi) by a dense (Cholesky) solve,
-    g = lam * u, d/dlam = (theta - phi) * u.
-
-    ``solver`` is ignored. Raises above ``EXACT_MAX_DIM`` parameters, when G is not strongly
-    convex at the solution, or when Newton has not converged after ``max_newton`` steps.
-    """
-    n = theta.numel()
-    if n > EXACT_MAX_DIM:
-        raise ValueError(f"'exact' forms the dense Hessian; theta has {n} entries, more than "
-                         f"EXACT_MAX_DIM = {EXACT_MAX_DIM}")
-    stats = Stats()
-    problem = InnerProblem(task, theta.detach(), lam)
-    prox = torch.diag(torch.as_tensor(lam, dtype=theta.dtype, device=theta.device)
-                      * torch.ones(n, dtype=theta.dtype, device=theta.device))
-    eps = torch.finfo(theta.dtype).eps
-
-    def hessian_of_G(phi):
-        H = torch.autograd.functional.hessian(task.train_loss, phi.detach())
-        return H + prox
-
-    phi = theta.detach().clone()
-    for k in range(max_newton):
-        g = problem.grad(phi)
-        A = hessian_of_G(phi)
-        L, info = torch.linalg.cholesky_ex(A)
-        direction = (-torch.cholesky_solve(g[:, None], L)[:, 0] if info == 0 else -g)
-        phi_next, t = backtracking_step(problem, phi, direction, g)
-        step = float(torch.linalg.vector_norm(phi_next - phi))
-        phi = phi_next.detach()
-        if step <= 16 * eps * (1 + float(torch.linalg.vector_norm(phi))):
-            break
-    else:
-        raise RuntimeError(f"'exact': Newton did not converge in max_newton={max_newton} steps")
-    stats.inner_steps, stats.inner_converged = k + 1, True
-    A = hessian_of_G(phi)
-    L, info = torch.linalg.cholesky_ex(A)
-    if info != 0:
-        raise ValueError(f"'exact': H + lam I is not positive definite at the inner solution; "
-                         f"lam={lam} is too small for this task's negative curvature")
-    v = _test_grad(task, phi)
-    u = torch.cholesky_solve(v[:, None], L)[:, 0]
-    stats.grad_evals, stats.loss_evals = problem.grad_evals, problem.loss_evals
-    return MetaGradient(lam * u, stats, phi, _lam_result(lam, (theta.detach() - phi) * u, theta)
-                        if lam_grad else None)
-
-
-from suite.core import batched, unroll as low_memory  # noqa: E402  (they use MetaGradient, Stats)
-
-
-def _check_curvature(value):
-    Curvature.parse(value)
-
-
-_IMAML_OPTIONS = (
-    Option("cg_steps", "int", 5, "iterations of the linear solver at most", low=1,
-           axis="cg_steps"),
-    Option("cg_tol", "float", None, "stop below this relative residual", low=0.0,
-           low_open=True, none_ok=True),
-    Option("on_breakdown", "choice", "raise", "what a CG breakdown (p^T A p <= 0) does",
-           choices=tuple(BREAKDOWN_POLICIES)),
-    Option("curvature", "any", "hessian", f"the matrix standing for H: one of {CURVATURES} "
-           "or a suite.Curvature", check=_check_curvature),
-    Option("linear_solver", "choice", "cg", "the linear solver", choices=tuple(LINEAR_SOLVERS)),
-    Option("neumann_step", "float", None, "the Neumann series' step, in (0, 2 / largest "
-           "eigenvalue of H + lam)", low=0.0, low_open=True, none_ok=True),
-    Option("hvp", "choice", "auto", "the exact Hessian product",
-           choices=("auto",) + tuple(HVP_PRODUCTS)),
-)
 
 for _method in (
     Method(name="maml", fn=maml, doc=maml.__doc__, needs_differentiable_solver=True,
@@ -374,10 +241,10 @@ for _method in (
                            choices=("auto",) + tuple(HVP_PRODUCTS)),)),
     Method(name="fomaml", fn=fomaml, doc=fomaml.__doc__, exact_for="first-order",
            batched=batched.fomaml),
-    Method(name="imaml", fn=imaml, doc=imaml.__doc__, needs_positive_lam=True, lam_grad=True,
+    Method(name="imaml", fn=implicit.imaml, doc=implicit.imaml.__doc__, needs_positive_lam=True, lam_grad=True,
            batched=batched.imaml,
-           exact_for="implicit", options=_IMAML_OPTIONS, converged_options={"cg_steps": 64}),
-    Method(name="exact", fn=exact, doc=exact.__doc__, needs_positive_lam=True, lam_grad=True,
+           exact_for="implicit", options=implicit.OPTIONS, converged_options={"cg_steps": 64}),
+    Method(name="exact", fn=implicit.exact, doc=implicit.exact.__doc__, needs_positive_lam=True, lam_grad=True,
            exact_for="implicit", needs_dense=True, needs_solver=False,
            options=(Option("max_newton", "int", 100, "Newton steps at most", low=1),)),
     Method(name="reptile", fn=reptile, doc=reptile.__doc__, exact_for="reptile"),

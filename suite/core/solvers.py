@@ -5,6 +5,9 @@ differentiable solver (``solver.differentiable``) to keep the autograd graph of 
 steps back to ``problem.theta``; the others (Newton-CG, scipy's L-BFGS) refuse it.
 Iterative differentiable solvers only define ``init(phi0) -> state``,
 ``step(problem, state, create_graph) -> state`` and ``output(state) -> phi``.
+
+The problem and ``run_solver`` are in ``suite.core.inner_problem``, Newton-CG and L-BFGS in
+``suite.core.newton``; every solver is registered here (``SOLVERS``).
 """
 from __future__ import annotations
 
@@ -12,120 +15,13 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.optimize
 import torch
 
-from suite.core.validation import check_float, check_int, check_scalar
-from suite.core.linalg import conjugate_gradient, hvp_at
+from suite.core.validation import check_float, check_int
+from suite.core.inner_problem import (InnerDivergence, InnerProblem, InnerResult, counted_hvp,
+                                      run_solver)
+from suite.core.newton import NewtonCG, ScipyLBFGS, backtracking_step
 from suite.core.registry import SOLVERS, Option, SolverSpec, register_solver
-
-
-class InnerProblem:
-    """G(phi) = L_train(phi) + lam/2 |phi - theta|^2 for one task, counting the work done.
-
-    ``lam`` is a number or a tensor of theta's shape (the prox 1/2 sum_i lam_i (phi_i -
-    theta_i)^2); one that requires grad makes the unrolled steps differentiable in it.
-
-    ``grad_norm_at_theta``: |grad L_train| at the first full-batch gradient evaluated; every
-    solver starts at theta, where grad L_train = grad G, so it is |grad G(theta)|, the scale
-    of inner stationarity.
-    """
-
-    def __init__(self, task, theta: torch.Tensor, lam):
-        self.task, self.theta, self.lam = task, theta, lam
-        self.grad_evals = self.hvps = self.loss_evals = 0
-        self.grad_norm_at_theta: float | None = None
-        self.last_grad_norm: float | None = None
-
-    def value(self, phi: torch.Tensor) -> float:
-        self.loss_evals += 1
-        with torch.no_grad():
-            d = phi - self.theta
-            return float(self.task.train_loss(phi) + 0.5 * torch.dot(self.lam * d, d))
-
-    def train_grad(self, phi: torch.Tensor, create_graph: bool = False,
-                   index=None) -> torch.Tensor:
-        """grad L_train(phi) (on the training rows ``index`` only, if given); with
-        ``create_graph`` differentiable w.r.t. phi."""
-        self.grad_evals += 1
-        task = self.task if index is None else self.task.restricted(index)
-        if not create_graph:
-            phi = phi.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = check_scalar("task.train_loss(phi)", task.train_loss(phi))
-            g, = torch.autograd.grad(loss, phi, create_graph=create_graph)
-        self._note(g, index)   # at theta, grad L_train = grad G
-        return g if create_graph else g.detach()
-
-    def grad(self, phi: torch.Tensor, create_graph: bool = False, index=None) -> torch.Tensor:
-        """grad G(phi); with ``create_graph`` differentiable w.r.t. phi and theta."""
-        theta = self.theta if create_graph else self.theta.detach()
-        return self.train_grad(phi, create_graph, index) + self.lam * (phi - theta)
-
-    def grad_and_hvp(self, phi: torch.Tensor):
-        """grad G(phi) and ``v -> (H_train + lam I) v`` (each call counted as one HVP)."""
-        self.grad_evals += 1
-        g_train, hvp = hvp_at(self.task.train_loss, phi)
-
-        def matvec(v):
-            self.hvps += 1
-            return hvp(v) + self.lam * v
-
-        self._note(g_train, None)
-        return g_train + self.lam * (phi.detach() - self.theta.detach()), matvec
-
-    def _note(self, g, index):
-        if index is None:
-            self.last_grad_norm = float(torch.linalg.vector_norm(g.detach()))
-            if self.grad_norm_at_theta is None:
-                self.grad_norm_at_theta = self.last_grad_norm
-
-
-def _hvp(problem: InnerProblem, product_at, point, v):
-    """H_train(point) v by ``product_at`` (``suite.core.linalg.HVP_PRODUCTS``), counted as one
-    gradient (the product's graph or tangent) and one HVP."""
-    problem.grad_evals += 1
-    problem.hvps += 1
-    return product_at(problem.task.train_loss, point.detach())[1](v)
-
-
-class InnerDivergence(ArithmeticError):
-    """An inner solver diverged: its output is not finite, or the gradient grew by more than
-    ``DIVERGENCE_GROWTH`` from its value at theta. Its result is never used."""
-
-
-DIVERGENCE_GROWTH = 1e4
-
-
-def run_solver(solver, problem: InnerProblem, unroll: int = 0, **options) -> "InnerResult":
-    """``solver.solve(problem, unroll, **options)``, refused (``InnerDivergence``) when it
-    diverged.
-
-    Every caller of an inner solver goes through here, so divergence is detected for every
-    solver alike: a non-finite output, or a full-batch gradient that ends more than
-    ``DIVERGENCE_GROWTH`` times larger than at theta (GD with lr * curvature > 2 grows it
-    geometrically; a converging or merely slow solver shrinks it).
-    """
-    result = solver.solve(problem, unroll=unroll, **options)
-    first, last = problem.grad_norm_at_theta, problem.last_grad_norm
-    finite = bool(torch.isfinite(result.phi).all())
-    if not finite or (first and last is not None and last > DIVERGENCE_GROWTH * first):
-        what = ("its output has NaN or Inf entries" if not finite else
-                f"|grad| grew from {first:.3g} at theta to {last:.3g}")
-        advice = (f"lower lr (now {solver.lr:g}): GD on G is stable only for "
-                  "lr * (largest curvature of G) < 2" if hasattr(solver, "lr") else
-                  "check the task's losses")
-        raise InnerDivergence(f"the inner solver {solver!r} diverged: {what}; {advice}")
-    return result
-
-
-@dataclass
-class InnerResult:
-    phi: torch.Tensor
-    steps: int
-    converged: bool | None = None  # None: a fixed-step solver makes no claim
-    message: str = ""
-    cg_iterations: int = 0
 
 
 class IterativeSolver:
@@ -187,7 +83,7 @@ class GD(IterativeSolver):
         lam (phi - theta)) has the symmetric Jacobian I - lr (H + lam), so the state's is
         v - lr (H v + lam v), H v by ``product_at`` at phi."""
         (phi,), (v,) = state, cotangent
-        hv = _hvp(problem, product_at, phi, v)
+        hv = counted_hvp(problem, product_at, phi, v)
         lam, theta = problem.lam, problem.theta.detach()
         return (v - self.lr * (hv + lam * v),), self.lr * lam * v, -self.lr * (phi - theta) * v
 
@@ -215,7 +111,7 @@ class PullBackGD(GD):
         """phi' = phi - lr grad L_train(phi): Jacobian I - lr H; theta and lam not used."""
         (phi,), (v,) = state, cotangent
         zero = torch.zeros_like(v)
-        return (v - self.lr * _hvp(problem, product_at, phi, v),), zero, zero
+        return (v - self.lr * counted_hvp(problem, product_at, phi, v),), zero, zero
 
     def __repr__(self):
         return f"PullBackGD(steps={self.steps}, lr={self.lr:g})"
@@ -258,74 +154,12 @@ class NesterovAGD(IterativeSolver):
         (_, y), (v_phi, v_y) = state, cotangent
         a = v_phi + (1 + self.momentum) * v_y
         lam, theta = problem.lam, problem.theta.detach()
-        ha = _hvp(problem, product_at, y, a)
+        ha = counted_hvp(problem, product_at, y, a)
         return ((-self.momentum * v_y, a - self.lr * (ha + lam * a)), self.lr * lam * a,
                 -self.lr * (y - theta) * a)
 
     def __repr__(self):
         return f"NesterovAGD(steps={self.steps}, lr={self.lr:g}, momentum={self.momentum:g})"
-
-
-def backtracking_step(problem: InnerProblem, phi, direction, grad, *, shrink: float = 0.5,
-                      armijo: float = 1e-4, max_halvings: int = 40):
-    """Armijo backtracking along ``direction``; returns (new phi, step size) or (phi, 0.0).
-
-    The sufficient-decrease test allows a rounding slack of a few ulps of G, so that full
-    Newton steps near the minimum (whose decrease is below rounding) are still taken.
-    """
-    slope = float(torch.dot(grad, direction))
-    if not slope < 0:
-        direction, slope = -grad, -float(torch.dot(grad, grad))
-    f0 = problem.value(phi)
-    slack = 8 * torch.finfo(phi.dtype).eps * abs(f0)
-    t = 1.0
-    for _ in range(max_halvings):
-        candidate = phi + t * direction
-        f = problem.value(candidate)
-        if np.isfinite(f) and f <= f0 + armijo * t * slope + slack:
-            return candidate, t
-        t *= shrink
-    return phi, 0.0
-
-
-class NewtonCG:
-    """Hessian-free Newton: a CG search direction from HVPs, then a backtracking line search.
-
-    Stops after ``steps`` iterations, when |grad G| <= ``tol``, or when the line search
-    finds no decrease (converged to rounding). Not differentiable (the line search is not).
-    """
-
-    differentiable = False
-
-    def __init__(self, steps: int, cg_steps: int = 5, tol: float = 0.0):
-        self.steps = check_int("steps", steps)
-        self.cg_steps = check_int("cg_steps", cg_steps, minimum=1)
-        self.tol = check_float("tol", tol, 0.0, low_open=False)
-
-    def solve(self, problem: InnerProblem, unroll: int = 0) -> InnerResult:
-        if unroll:
-            raise ValueError("NewtonCG is not differentiable: it cannot be unrolled "
-                             "(use it with 'imaml' or 'fomaml')")
-        phi = problem.theta.detach().clone()
-        cg_total = 0
-        for k in range(self.steps):
-            g, matvec = problem.grad_and_hvp(phi)
-            if float(torch.linalg.vector_norm(g)) <= self.tol:
-                return InnerResult(phi, k, True, "gradient norm <= tol", cg_total)
-            cg = conjugate_gradient(matvec, -g, max_iter=self.cg_steps, on_breakdown="return")
-            cg_total += cg.iterations
-            direction = cg.x if cg.iterations > 0 else -g
-            phi_next, t = backtracking_step(problem, phi, direction, g)
-            if t == 0.0:
-                return InnerResult(phi, k, True, "no further decrease (rounding level)", cg_total)
-            phi = phi_next.detach()
-        g = problem.grad(phi)
-        done = float(torch.linalg.vector_norm(g)) <= self.tol
-        return InnerResult(phi, self.steps, done if self.tol > 0 else None,
-                           "step budget used", cg_total)
-
-    def __repr__(self):
-        return f"NewtonCG(steps={self.steps}, cg_steps={self.cg_steps})"
 
 
 class Adam:
@@ -394,41 +228,6 @@ class Adam:
     def __repr__(self):
         return (f"Adam(steps={self.steps}, lr={self.lr:g}, beta1={self.beta1:g}, "
                 f"batch_size={self.batch_size})")
-
-
-class ScipyLBFGS:
-    """scipy.optimize's L-BFGS-B on float64 numpy copies: an external, non-differentiable
-    optimizer. ``converged`` is scipy's own ``success`` flag; its message is kept."""
-
-    differentiable = False
-
-    def __init__(self, max_iter: int = 500, tol: float = 1e-10):
-        self.max_iter = check_int("max_iter", max_iter, minimum=1)
-        self.tol = check_float("tol", tol, 0.0, low_open=False)
-
-    @property
-    def steps(self) -> int:
-        return self.max_iter
-
-    def solve(self, problem: InnerProblem, unroll: int = 0) -> InnerResult:
-        if unroll:
-            raise ValueError("ScipyLBFGS is not differentiable: it cannot be unrolled "
-                             "(use it with 'imaml' or 'fomaml')")
-        theta = problem.theta.detach()
-
-        def fun(x):
-            phi = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)
-            value = problem.value(phi)
-            return value, problem.grad(phi).cpu().double().numpy()
-
-        res = scipy.optimize.minimize(
-            fun, theta.cpu().double().numpy(), jac=True, method="L-BFGS-B",
-            options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 0.0, "maxcor": 20})
-        phi = torch.as_tensor(res.x, dtype=theta.dtype, device=theta.device)
-        return InnerResult(phi, int(res.nit), bool(res.success), str(res.message))
-
-    def __repr__(self):
-        return f"ScipyLBFGS(max_iter={self.max_iter}, tol={self.tol:g})"
 
 
 def for_tasks(solver, tasks) -> list:

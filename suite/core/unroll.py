@@ -13,7 +13,7 @@ does, through the last ``unroll`` steps (all of them: MAML; fewer: truncated bac
   vectors, no graph); the backward pass takes each step's vector-Jacobian product with the
   solver's ``step_vjp``, which writes it through one Hessian-vector product at the step's point
   (the step's Jacobian is symmetric for GD: I - lr (H + lam)), by forward-over-reverse or by
-  one step's reverse graph (``suite.core.linalg.HVP_PRODUCTS``). Memory: K + 1 states and one
+  one step's reverse graph (``suite.core.hvp.HVP_PRODUCTS``). Memory: K + 1 states and one
   product's graph.
 """
 from __future__ import annotations

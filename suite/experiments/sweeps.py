@@ -30,7 +30,8 @@ from suite.harness.cli import HelpFormatter, check_device, cli_out_folder, cli_r
 from suite.core.validation import check_int
 from suite.harness.distributed import World, close, init
 from suite.core.curvature import gauss_newton_at
-from suite.core.linalg import CGBreakdown, HVP_PRODUCTS, hvp_at
+from suite.core.linalg import CGBreakdown
+from suite.core.hvp import HVP_PRODUCTS, hvp_at
 from suite.harness.measure import measure_memory, time_calls
 from suite.core.methods import meta_gradient, meta_gradient_batch
 from suite.harness.results import PROVENANCE, ResultsStore, pin_commit, provenance, write_csv_atomic
