@@ -72,7 +72,7 @@ def test_linear_solver_claim_follows_the_numbers():
 
 def test_neumann_figure_on_a_small_task(tmp_path, monkeypatch):
     from suite.experiments import figures
-    monkeypatch.setitem(figures._OUT, "root", tmp_path)   # what --out sets
+    monkeypatch.setitem(figures.DESTINATION, "root", tmp_path)   # what --out sets
     frame = figures.run_neumann(dict(kappa=10.0, dim=8, iterations=[1, 8, 30, 200]), "cpu")
     assert (tmp_path / "results" / "linear_solvers.csv").exists()
     cg = frame[frame.linear_solver == "cg"].set_index("iterations").rel_error

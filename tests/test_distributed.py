@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 
 import dist_workers as w
 from suite import ModuleTask
-from suite.experiments import sweeps
+from suite.experiments import sweeps, sweeps_cli
 from suite.harness.distributed import World
 from suite.experiments.omniglot.train import TrainConfig, train
 from suite.models.conv4 import conv4
@@ -110,6 +110,6 @@ def test_refusals(tmp_path, monkeypatch, capsys):
                        "every rank"):
         train(TrainConfig("maml", meta_batch=4), None, tmp_path / "run", world=World(0, 3))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setattr(sweeps, "init", lambda device: (World(0, 2), device))
+    monkeypatch.setattr(sweeps_cli, "init", lambda device: (World(0, 2), device))
     with pytest.raises(SystemExit, match="share this machine's CPU"):
-        sweeps.main(["error", "--steps", "2", "--out", str(tmp_path / "x.csv")])
+        sweeps_cli.main(["error", "--steps", "2", "--out", str(tmp_path / "x.csv")])

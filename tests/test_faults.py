@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from suite.harness import cli, distributed
-from suite.experiments import figures, lam, peers, regress, sweeps
+from suite.experiments import figures, lam, peers, regress, sweeps_cli
 from suite.experiments.omniglot import __main__ as omniglot
 from suite.verify import __main__ as verify
 
@@ -79,9 +79,9 @@ def test_a_meta_batch_the_processes_cannot_split_is_refused_before_joining(
     (figures.main, "imaml-suite figures", ["--threads", "-1"],
      "--threads must be a finite number >= 1, got -1"),
     (figures.main, "imaml-suite figures", ["--out", "{file}/x"], "cannot create the folder"),
-    (sweeps.main, "imaml-suite sweeps", ["error", "--steps", "2", "--repeats", "-1"],
+    (sweeps_cli.main, "imaml-suite sweeps", ["error", "--steps", "2", "--repeats", "-1"],
      "--repeats must be a finite number >= 0, got -1"),
-    (sweeps.main, "imaml-suite sweeps", ["cost", "--steps", "2", "--out", "{file}/x.csv"],
+    (sweeps_cli.main, "imaml-suite sweeps", ["cost", "--steps", "2", "--out", "{file}/x.csv"],
      "does not exist (create it first)"),
     (peers.main, "imaml-suite peers", ["--threads", "0"], "--threads must be"),
     (lam.main, "imaml-suite lam", ["--iterations", "0"], "--iterations must be"),

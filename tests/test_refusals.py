@@ -107,18 +107,18 @@ def test_cg_never_returns_zeros_for_a_nan_system():
 ])
 def test_sweep_arguments_are_checked_before_any_row(argv, message, tmp_path, capsys,
                                                     monkeypatch):
-    from suite.experiments import sweeps
-    monkeypatch.setattr(sweeps, "run_sweep", lambda *a, **k: pytest.fail("work began"))
+    from suite.experiments import sweeps, sweeps_cli
+    monkeypatch.setattr(sweeps_cli, "run_sweep", lambda *a, **k: pytest.fail("work began"))
     monkeypatch.setattr(sweeps, "cnn_tasks", lambda *a, **k: pytest.fail("work began"))
     out = [] if argv[0] == "hvp-cost" else ["--out", str(tmp_path / "x.csv")]
     with pytest.raises(SystemExit, match=re.escape(message)):
-        sweeps.main(argv + out)
+        sweeps_cli.main(argv + out)
 
 
 def test_sweep_out_into_a_missing_folder_is_refused(tmp_path, capsys):
-    from suite.experiments import sweeps
+    from suite.experiments import sweeps_cli
     with pytest.raises(SystemExit, match=re.escape("does not exist")):
-        sweeps.main(["error", "--steps", "5", "--out", str(tmp_path / "nope" / "x.csv")])
+        sweeps_cli.main(["error", "--steps", "5", "--out", str(tmp_path / "nope" / "x.csv")])
     assert not (tmp_path / "nope").exists()
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import suite.experiments.sweeps as sweeps
+import suite.experiments.sweeps_cli as sweeps_cli
 from suite.harness.results import ResultsStore
 
 TINY = dict(methods=["maml", "fomaml", "imaml"], steps_list=[2, 4], cg_list=[3], kappas=[10.0],
@@ -82,17 +83,17 @@ def test_store_refuses_non_finite_ok_results_and_leaves_no_temp_files(tmp_path):
 
 def test_cli_help_and_cuda_refusal(capsys):
     with pytest.raises(SystemExit) as exit_:
-        sweeps.main(["cost", "--help"])
+        sweeps_cli.main(["cost", "--help"])
     assert exit_.value.code == 0
     assert "--device" in capsys.readouterr().out
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device"):
-            sweeps.main(["cost", "--steps", "1", "--device", "cuda"])
+            sweeps_cli.main(["cost", "--steps", "1", "--device", "cuda"])
 
 
 def test_cli_cost_sweep_on_synthetic(tmp_path, capsys):
     out = tmp_path / "c.csv"
-    code = sweeps.main(["cost", "--workload", "synthetic", "--steps", "1", "3", "--dim", "6",
+    code = sweeps_cli.main(["cost", "--workload", "synthetic", "--steps", "1", "3", "--dim", "6",
                         "--methods", "maml", "imaml", "--repeats", "1", "--quiet",
                         "--out", str(out)])
     assert code == 0
@@ -103,7 +104,7 @@ def test_cli_cost_sweep_on_synthetic(tmp_path, capsys):
 def test_cli_repeats_zero_measures_errors_and_memory_without_timing(tmp_path):
     """The README's torchrun example passes --repeats 0 (ranks sharing one CPU must not time)."""
     out = tmp_path / "e.csv"
-    assert sweeps.main(["error", "--steps", "5", "--kappas", "10", "--dim", "4", "--cg-steps",
+    assert sweeps_cli.main(["error", "--steps", "5", "--kappas", "10", "--dim", "4", "--cg-steps",
                         "2", "--methods", "fomaml", "--repeats", "0", "--quiet", "--out",
                         str(out)]) == 0
     row = pd.read_csv(out).iloc[0]

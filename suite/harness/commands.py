@@ -27,7 +27,7 @@ class Command:
 COMMANDS = {
     "figures": Command("suite.experiments.figures",
                        "Figures 2a and 2b, Table 1, CG against Neumann, the memory frontier"),
-    "sweeps": Command("suite.experiments.sweeps",
+    "sweeps": Command("suite.experiments.sweeps_cli",
                       "one sweep of meta-gradient errors, time and memory, or curvature costs"),
     "omniglot": Command("suite.experiments.omniglot.__main__",
                         "Omniglot meta-training: Table 2 over seeds, the iMAML variants, ..."),
