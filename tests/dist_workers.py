@@ -8,7 +8,8 @@ import torch
 
 from suite.harness import distributed
 from suite.experiments.omniglot.data import Characters
-from suite.experiments.omniglot.train import TrainConfig, train
+from suite.experiments.omniglot.train import train
+from suite.experiments.omniglot.config import TrainConfig
 
 TINY = dict(n_way=5, k_shot=1, k_query=2, inner_steps=2, meta_batch=4, cg_steps=3,
             eval_every=3, curve_tasks=6, probe_every=100, dtype="float64")

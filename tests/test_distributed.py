@@ -22,7 +22,8 @@ import dist_workers as w
 from suite import ModuleTask
 from suite.experiments import sweeps, sweeps_cli
 from suite.harness.distributed import World
-from suite.experiments.omniglot.train import TrainConfig, train
+from suite.experiments.omniglot.train import train
+from suite.experiments.omniglot.config import TrainConfig
 from suite.models.conv4 import conv4
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from suite.experiments.omniglot import data
-from suite.experiments.omniglot.train import TrainConfig, evaluate, train
+from suite.experiments.omniglot.train import evaluate, train
+from suite.experiments.omniglot.config import TrainConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
 pytestmark = pytest.mark.skipif(not SHARED.exists(), reason=f"{SHARED} is not beside the checkout")

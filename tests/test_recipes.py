@@ -12,10 +12,11 @@ from torch import nn
 
 from suite import ModuleTask
 from suite.experiments.omniglot import __main__ as cli
-from suite.experiments.omniglot import recipes, report
+from suite.experiments.omniglot import recipes, report, runs, variants_report
 from suite.experiments.omniglot.data import Characters
-from suite.experiments.omniglot.train import (TrainConfig, evaluate, make_optimizer,
-                                              outer_direction, reptile_step_size, train)
+from suite.experiments.omniglot.train import (evaluate, make_optimizer, outer_direction,
+                                              reptile_step_size, train)
+from suite.experiments.omniglot.config import TrainConfig
 
 TRAINED = [r for r in recipes.RECIPES.values() if r.method is not None]
 
@@ -198,7 +199,7 @@ def test_batchnorm_option_builds_that_network_and_refuses_others():
     parser = argparse.ArgumentParser()
     cli.add_training_args(parser)
     args = parser.parse_args(["--batchnorm", "closed-form"])
-    assert cli.config_from(args, "maml").batchnorm == "closed-form"
+    assert runs.config_from(args, "maml").batchnorm == "closed-form"
 
 
 def test_cli_lists_the_recipes(capsys):
@@ -242,7 +243,7 @@ def test_layer_lam_gradient_through_adapt():
     through adapt against that chain rule written out from meta_gradient's lam_grad."""
     from suite.core import adapt
     from suite import meta_gradient
-    from suite.experiments.omniglot.train import LayerLam
+    from suite.experiments.omniglot.config import LayerLam
     from suite.core.solvers import GD
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
@@ -304,7 +305,7 @@ def test_the_trains_heading_is_computed_from_the_numbers(acc, heading, tmp_path)
     frame = pd.DataFrame({"recipe": ["imaml-gn"], "acc_as_trained": [acc],
                           "acc_plain_gd": [acc], "ci95_as_trained": [0.007],
                           "setting": ["5w1s-small"]})
-    text = "\n".join(report.findings(frame, tmp_path, reference))
+    text = "\n".join(variants_report.findings(frame, tmp_path, reference))
     assert heading in text
     # 86 - 45.6 > hypot(0.7, 0.7): trains; 46.5 - 45.6 = 0.9 < 0.99: not shown to train
     assert ("trains" in text) == (heading == "stays positive definite trains")

@@ -28,11 +28,11 @@ import torch
 from suite.harness import cli, commands
 from suite.harness.cli import HelpFormatter
 from suite.experiments.omniglot import data, recipes
-from suite.experiments.omniglot.train import TrainConfig, evaluate, train
+from suite.experiments.omniglot.train import evaluate, train
+from suite.experiments.omniglot.config import TrainConfig
 from suite.harness.results import ResultsStore, pin_commit, provenance
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data" / "omniglot"
 SPREAD = ROOT / "results" / "learning_seeds.csv"
 # Short on purpose: every recipe at one seed in about 6 minutes on 2 cores.
 SETTINGS = dict(n_way=5, k_shot=1, k_query=5, inner_steps=8, meta_batch=4, cg_steps=5,
@@ -42,10 +42,10 @@ SIGMAS = 3 * math.sqrt(2)
 
 
 def characters():
-    if not all((SHARED / f"{n}.zip").exists() for n in data.SMALL):
+    if not all((data.SHARED / f"{n}.zip").exists() for n in data.SMALL):
         raise cli.UsageError(f"the learning check reads the small Omniglot archives from "
-                             f"{SHARED}; put ../shared beside the checkout")
-    return data.small_split(SHARED, ROOT / ".cache" / "omniglot")
+                             f"{data.SHARED}; put ../shared beside the checkout")
+    return data.small_split(data.SHARED, data.CACHE)
 
 
 def accuracy(recipe: str, seed: int = 0, split=None) -> dict:

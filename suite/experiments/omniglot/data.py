@@ -30,6 +30,9 @@ SMALL = {"images_background_small1": "e704a628b5459e08445c13499850abc4",
          "images_background_small2": "b75a71a51d3b13f821f212756fe481fd"}
 DOWNLOAD_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
 IMAGE_SIZE = 28
+_CHECKOUT = Path(__file__).resolve().parents[3]
+SHARED = _CHECKOUT.parent / "shared" / "data" / "omniglot"   # the small archives, beside it
+CACHE = _CHECKOUT / ".cache" / "omniglot"                     # decoded images, git-ignored
 STANDARD_TRAIN_CHARACTERS = 1200   # the remaining 423 of 1623 are for meta-testing
 _PNG = re.compile(r"(?:^|/)([^/]+)/(character\d+)/[^/]+\.png$")
 

@@ -1,18 +1,15 @@
-"""Reports of the Omniglot runs: Table 2 with its targets, the iMAML variants side by side,
-and the learning curves. Everything is read from ``runs.csv`` and each run's ``metrics.csv``
-and ``curve.csv``; nothing is computed here that a run did not store."""
+"""Reports of the Omniglot runs: Table 2 with its targets and its spread over seeds, and the
+choice of the default iMAML recipe (the variants' report is ``variants_report``, the curves
+``curves``). Everything is read from ``runs.csv`` and each run's ``metrics.csv`` and
+``curve.csv``; nothing is computed here that a run did not store."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from suite.experiments.omniglot import recipes  # noqa: E402
+from suite.experiments.omniglot import recipes
 
 ABOVE_UNTRAINED = 20.0   # points
 WITHIN_MAML = 2.0
@@ -48,11 +45,11 @@ def run_metrics(out: Path, row) -> dict:
             "probe_cosine": mean("probe_cosine_to_maml")}
 
 
-def _pct(acc, ci) -> str:
+def format_pct(acc, ci) -> str:
     return f"{100 * acc:.1f} ± {100 * ci:.1f}"
 
 
-def _num(x, fmt) -> str:
+def format_num(x, fmt) -> str:
     return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
 
@@ -199,9 +196,9 @@ def table2_markdown(frame: pd.DataFrame, out: Path, variants: pd.DataFrame | Non
         paper = recipes.PAPER.get(spec.paper)
         ref = f"{paper[1][col]}" if paper is not None and col is not None else "-"
         lines.append(
-            f"| {spec.label} | **{_pct(r.accuracy, r.ci95)}** ({r.evaluation}) | "
-            f"{_pct(r.acc_as_trained, r.ci95_as_trained)} | {_pct(r.acc_plain_gd, r.ci95_plain_gd)} "
-            f"| {_num(m['s_per_iteration'], '.2f')} | {_num(m['breakdown_rate'], '.0%')} | {ref} |")
+            f"| {spec.label} | **{format_pct(r.accuracy, r.ci95)}** ({r.evaluation}) | "
+            f"{format_pct(r.acc_as_trained, r.ci95_as_trained)} | {format_pct(r.acc_plain_gd, r.ci95_plain_gd)} "
+            f"| {format_num(m['s_per_iteration'], '.2f')} | {format_num(m['breakdown_rate'], '.0%')} | {ref} |")
     if several:
         lines += ["", "Accuracy: the mean over seeds, ± the 95% interval of that mean across "
                   "seeds; the adaptation columns are means over seeds.", ""]
@@ -225,298 +222,6 @@ def table2_markdown(frame: pd.DataFrame, out: Path, variants: pd.DataFrame | Non
               "curves are in `reports/omniglot_curves.png`; the iMAML variants in "
               "`reports/imaml_variants.md`."]
     return "\n".join(lines) + "\n"
-
-
-CHANGES = [  # (from, to, what changes): one factor at a time
-    ("imaml-paper-keep", "imaml-paper-first-order", "first-order direction on a breakdown"),
-    ("imaml-paper-keep", "imaml-paper-continue", "no curvature check in CG"),
-    ("imaml-paper-keep", "imaml-normal-cg", "CG on the normal equations"),
-    ("imaml-paper-keep", "imaml-damped", "damping: H + 8 I"),
-    ("imaml-paper-keep", "imaml-gn", "Gauss-Newton in place of the Hessian"),
-    ("imaml-paper-keep", "imaml-official", "the official code's formulation"),
-    ("imaml-paper-keep", "imaml-paper-lam0.5", "lam 2 -> 0.5 (Hessian)"),
-    ("imaml-paper-keep", "imaml-paper-lam8", "lam 2 -> 8 (Hessian)"),
-    ("imaml-gn", "imaml-gn-lam0.5", "lam 2 -> 0.5 (Gauss-Newton)"),
-    ("imaml-gn", "imaml-gn-lam8", "lam 2 -> 8 (Gauss-Newton)"),
-    ("imaml-gn-lam0.5", "imaml-gn-learned-lam", "lam 0.5 -> learned per layer (Gauss-Newton)"),
-]
-
-
-def changes_table(frame: pd.DataFrame) -> list[str]:
-    """Accuracy differences of one change at a time, with a 95% interval for the difference
-    (sqrt of the summed squared half-widths: conservative, since the held-out tasks are the
-    same for every recipe)."""
-    by = frame.set_index("recipe")
-    lines = ["| change | from -> to | as trained (points) | by plain GD (points) |",
-             "|---|---|---|---|"]
-    for a, b, what in CHANGES:
-        if a not in by.index or b not in by.index:
-            continue
-        cells = []
-        for acc, ci in (("acc_as_trained", "ci95_as_trained"), ("acc_plain_gd", "ci95_plain_gd")):
-            d = 100 * (by.loc[b, acc] - by.loc[a, acc])
-            half = 100 * float(np.hypot(by.loc[a, ci], by.loc[b, ci]))
-            mark = "" if abs(d) <= half else " *"
-            cells.append(f"{d:+.1f} ± {half:.1f}{mark}")
-        lines.append(f"| {what} | {a} -> {b} | {cells[0]} | {cells[1]} |")
-    lines += ["", "\\* the difference exceeds its 95% interval."]
-    return lines
-
-
-def blocks(out: Path, row, size: int = 50) -> pd.DataFrame:
-    """The run's diagnostics averaged over blocks of ``size`` outer iterations."""
-    m = pd.read_csv(run_dir(out, row) / "metrics.csv")
-    m["block"] = (m.iteration - 1) // size
-    cols = {c: "mean" for c in ("cg_breakdown", "inner_stationarity", "probe_cosine_to_maml")
-            if c in m}
-    return m.groupby("block").agg(cols)
-
-
-def _hessian_curvature(quotient: float, lam: float) -> float:
-    """The curvature of H along a direction whose quotient for I + H/lam is ``quotient``."""
-    return (quotient - 1.0) * lam
-
-
-def findings(frame: pd.DataFrame, out: Path, reference: pd.DataFrame) -> list[str]:
-    """What the runs say about making iMAML train, every number computed from the files."""
-    by = frame.set_index("recipe")
-    ref = reference.set_index("recipe") if not reference.empty else pd.DataFrame()
-    acc = lambda r, col="acc_as_trained": 100 * by.loc[r, col]  # noqa: E731
-    both = lambda r: f"{acc(r):.1f} / {acc(r, 'acc_plain_gd'):.1f}"  # noqa: E731
-    lines = ["## What makes iMAML train", ""]
-    row = lambda r: by.loc[r].to_dict() | {"recipe": r}  # noqa: E731
-
-    def trains(r) -> bool | None:
-        """Above the untrained initialisation by more than the difference's 95% interval
-        (None without an untrained row: no claim either way)."""
-        if "untrained" not in ref.index:
-            return None
-        half = 100 * float(np.hypot(by.loc[r, "ci95_as_trained"], ref.loc["untrained", "ci95"]))
-        return acc(r) - 100 * ref.loc["untrained", "accuracy"] > half
-
-    def heading(rs, yes: str, no: str, neutral: str) -> str:
-        verdicts = {trains(r) for r in rs}
-        return yes if verdicts == {True} else no if verdicts == {False} else neutral
-    if "imaml-paper-keep" in by.index:
-        r = row("imaml-paper-keep")
-        b = blocks(out, r)
-        c = pd.read_csv(run_dir(out, r) / "curve.csv")
-        peak = c.loc[c.accuracy.idxmax()]
-        untrained = (f" (the untrained initialisation: {100 * ref.loc['untrained', 'accuracy']:.1f})"
-                     if "untrained" in ref.index else "")
-        lines += [heading(["imaml-paper-keep"], "**At λ = 2 the paper's formulation trains.**",
-                          "**At λ = 2 the paper's formulation does not train.**",
-                          "**At λ = 2, the paper's formulation.**") + " GD on G, then CG on "
-                  f"I + H/λ, keeping the CG iterate at a breakdown: "
-                  f"{acc('imaml-paper-keep'):.1f}% adapting as trained, "
-                  f"{acc('imaml-paper-keep', 'acc_plain_gd'):.1f}% by plain GD{untrained}. "
-                  f"Its held-out accuracy peaks at {100 * peak.accuracy:.1f}% at iteration "
-                  f"{int(peak.iteration)} and falls from there. From the first 50 iterations to "
-                  f"the last 50, the share of tasks whose CG meets p^T A p <= 0 grows from "
-                  f"{b.cg_breakdown.iloc[0]:.0%} to {b.cg_breakdown.iloc[-1]:.0%}, the inner "
-                  f"stationarity |grad G(phi)| / |grad G(theta)| from "
-                  f"{b.inner_stationarity.iloc[0]:.2f} to {b.inner_stationarity.iloc[-1]:.2f}, "
-                  f"and the cosine between its direction and MAML's exact direction through the "
-                  f"same inner loop falls from {b.probe_cosine_to_maml.iloc[0]:.2f} to "
-                  f"{b.probe_cosine_to_maml.iloc[-1]:.2f}. Lemma 1 holds at a stationary point "
-                  f"where I + H/λ is positive definite; a CG iterate cut short at negative "
-                  f"curvature is not (I + H/λ)^-1 v, and each step taken on it moves θ to where "
-                  f"the next inner loop is less stationary and the next system more indefinite.",
-                  ""]
-    hess = [r for r in ("imaml-paper-lam0.5", "imaml-paper-keep", "imaml-paper-lam8")
-            if r in by.index]
-    if "imaml-paper-lam0.5" in hess and "imaml-paper-keep" in hess:
-        parts, early = [], []
-        for r in hess:
-            lam = recipes.RECIPES[r].lam
-            m, b0 = run_metrics(out, row(r)), blocks(out, row(r)).iloc[0]
-            q0 = pd.read_csv(run_dir(out, row(r)) / "metrics.csv").query("iteration <= 50")
-            parts.append(f"λ {lam:g}: {both(r)} (tasks with a breakdown {m['breakdown_rate']:.0%}, "
-                         f"mean stationarity {m['stationarity']:.3f}, cosine to MAML "
-                         f"{m['probe_cosine']:.2f})")
-            early.append(f"{b0.cg_breakdown:.0%} of tasks with a breakdown and H's smallest "
-                         f"curvature met {_hessian_curvature(q0.cg_min_curvature.min(), lam):.2f}"
-                         f" at λ {lam:g}")
-        lines += ["**With the Hessian, λ decides whether it trains**: " + "; ".join(parts)
-                  + ". In the first 50 iterations, from the same initialisation: "
-                  + "; ".join(early) + ". A small λ lets the 16 inner steps carry φ close to "
-                  "the task's minimum (stationarity near 0, as Lemma 1 assumes), where the "
-                  "training Hessian has little negative curvature, so CG rarely breaks down "
-                  "even though -λ is closer to 0; a large λ holds φ near θ, where this ReLU "
-                  "network's Hessian has curvature far below -λ.", ""]
-    rescue = [r for r in ("imaml-paper-first-order", "imaml-paper-continue", "imaml-normal-cg",
-                          "imaml-damped") if r in by.index]
-    if rescue:
-        lines += ["**Responses to a breakdown at λ = 2 that keep the Hessian** (one change each "
-                  "from imaml-paper-keep, see the table): " + "; ".join(
-                      f"{r} {both(r)}" for r in rescue)
-                  + " (% as trained / by plain GD): none reaches first-order MAML.", ""]
-    psd = [r for r in ("imaml-gn", "imaml-official") if r in by.index]
-    if psd:
-        parts = []
-        for r in psd:
-            m = run_metrics(out, row(r))
-            parts.append(f"{r} {both(r)} (tasks with a breakdown {m['breakdown_rate']:.0%}, "
-                         f"mean stationarity {m['stationarity']:.2f}, cosine to MAML "
-                         f"{m['probe_cosine']:.2f})")
-        lines += [heading(psd, "**At λ = 2, a system that stays positive definite trains**: ",
-                          "**At λ = 2, a system that stays positive definite does not train "
-                          "either**: ", "**At λ = 2, systems that stay positive definite**: ")
-                  + "; ".join(parts) + ". Gauss-Newton's J^T H_out J is positive "
-                  "semi-definite for cross-entropy; the official code's 2 I + H/(λ + 10) has "
-                  "an effective λ of 24 that covers the negative curvature.", ""]
-    if {"imaml-gn-learned-lam", "imaml-gn-lam0.5"} <= set(by.index):
-        lam = pd.read_csv(run_dir(out, row("imaml-gn-learned-lam")) / "lam.csv")
-        weights = lam[lam.parameter.str.endswith("weight") & (lam.entries > 64)]
-        d = acc("imaml-gn-learned-lam") - acc("imaml-gn-lam0.5")
-        half = 100 * float(np.hypot(by.loc["imaml-gn-learned-lam", "ci95_as_trained"],
-                                    by.loc["imaml-gn-lam0.5", "ci95_as_trained"]))
-        lines += ["**A learned λ per layer** (from 0.5, outer Adam on log λ): "
-                  f"{both('imaml-gn-learned-lam')} against {both('imaml-gn-lam0.5')} with λ "
-                  f"fixed at 0.5 ({d:+.1f} ± {half:.1f} points as trained). The λ it learns "
-                  "for the weight tensors, input to output: " + ", ".join(
-                      f"{r.parameter} {r.lam:.2g}" for r in weights.itertuples())
-                  + ": a stronger prior on the early convolutions, a weak one on the last "
-                  "convolution and the classifier, which adapt to each task.", ""]
-    gns = [r for r in ("imaml-gn-lam0.5", "imaml-gn", "imaml-gn-lam8") if r in by.index]
-    if len(gns) > 1:
-        lines += ["**λ also sets how far adaptation may go** (Gauss-Newton): " + "; ".join(
-            f"λ {recipes.RECIPES[r].lam:g}: {both(r)}" for r in gns) + ". The proximal term "
-            "holds φ near θ during the 16 inner steps; a large λ leaves little adaptation to a "
-            "task at evaluation (the gap between the two columns), and GD on G is stable only "
-            "for lr (largest curvature + λ) < 2.", ""]
-    return lines
-
-
-def variants_markdown(frame: pd.DataFrame, out: Path, reference: pd.DataFrame) -> str:
-    order = [r for r in recipes.VARIANT_RECIPES if r in set(frame.recipe)]
-    frame = frame.set_index("recipe").loc[order].reset_index()
-    lines = ["# iMAML variants on Omniglot", "", "Generated by `imaml-suite omniglot "
-             "variants`.", "", setting_line(frame), "",
-             "| variant | lam | curvature | solve | breakdown policy | adapt as trained | "
-             "adapt by plain GD | tasks with a breakdown | first-order fallbacks | mean "
-             "stationarity | smallest curvature met | cos to MAML | s / iteration |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    rows = []
-    for _, r in frame.iterrows():
-        spec = recipes.RECIPES[r.recipe]
-        m = run_metrics(out, r)
-        rows.append((r, spec, m))
-        name = r.recipe + (" (the default)" if r.recipe == recipes.DEFAULT_IMAML else "")
-        lines.append(
-            f"| {name} | {spec.lam:g}{' (learned per layer)' if spec.learn_lam else ''} | "
-            f"{spec.curvature.label()} | {spec.linear_solver} | "
-            f"{spec.on_breakdown} | {_pct(r.acc_as_trained, r.ci95_as_trained)} | "
-            f"{_pct(r.acc_plain_gd, r.ci95_plain_gd)} | {_num(m['breakdown_rate'], '.0%')} | "
-            f"{_num(m['fallback_rate'], '.2f')} | {_num(m['stationarity'], '.3f')} | "
-            f"{_num(m['min_curvature'], '.2f')} | {_num(m['probe_cosine'], '.2f')} | "
-            f"{_num(m['s_per_iteration'], '.2f')} |")
-    ref = headline(reference) if not reference.empty else {}
-    if ref:
-        lines += ["", "Reference rows at the same iterations (Table 2): " + ", ".join(
-            f"{k} {ref[k]:.1f}" for k in ("maml", "fomaml", "untrained") if k in ref) + "."]
-    lines.append("")
-    lines += findings(frame, out, reference)
-    lines += ["## One change at a time", ""] + changes_table(frame) + [""]
-    best = max(rows, key=lambda t: t[0].accuracy)[0]
-    versus = "".join(f", {k} {ref[k]:.1f}" for k in ("fomaml", "maml") if k in ref)
-    lines += [f"Best variant by its own evaluation ({best.evaluation}): **{best.recipe}**, "
-              f"{100 * best.accuracy:.1f} ± {100 * best.ci95:.1f}{versus}. "
-              f"The default iMAML recipe is {recipes.DEFAULT_IMAML}. It was chosen among "
-              f"{len(rows)} variants on these same held-out tasks, so its number carries a "
-              "selection bias of up to about one interval.", "",
-              "Columns: 'tasks with a breakdown' is the share of training tasks whose CG met "
-              "p^T A p <= 0; 'first-order fallbacks' the mean number of tasks per meta-batch "
-              "given grad L_test instead of a CG solution; 'mean stationarity' "
-              "|grad G(phi)| / |grad G(theta)| after the inner loop (Lemma 1 assumes 0); "
-              "'smallest curvature met' the least p^T A p / |p|^2 of the system matrix; "
-              "'cos to MAML' the mean cosine, on a fixed training task every 25 iterations, "
-              "between the variant's direction and MAML's exact direction through the same "
-              "inner loop."]
-    return "\n".join(lines) + "\n"
-
-
-CURVATURE_TEXT = {"hessian": "Hessian", "gauss-newton": "Gauss-Newton", "damped": "damped Hessian",
-                  "official": "official system"}
-CURVATURE_COLORS = {"hessian": "Reds", "gauss-newton": "Blues", "damped": "Purples",
-                    "official": "Greens"}
-
-
-def series_label(name: str) -> str:
-    """A curve's legend entry: the recipe's label, and for an implicit recipe the system it
-    solves (curvature, λ, linear solver, breakdown policy), so the figure reads without the
-    report."""
-    r = recipes.RECIPES[name]
-    if r.method != "imaml":
-        return r.label
-    c = r.curvature
-    parts = [CURVATURE_TEXT.get(c.name, c.name) + (f" + {c.damping:g} I" if c.damping else ""),
-             f"λ learned per layer from {r.lam:g}" if r.learn_lam else f"λ {r.lam:g}"]
-    if r.linear_solver != "cg":
-        parts.append(r.linear_solver)
-    if c.name == "hessian" and r.on_breakdown != "raise":
-        parts.append(f"on breakdown: {r.on_breakdown}")
-    return f"{name}: " + ", ".join(parts)
-
-
-def _curve_styles(names: list[str]) -> dict:
-    """Colour by the family of the implicit system (shades of one colour per curvature), a
-    marker and line style per series; the other methods in the default cycle."""
-    styles, by_family = {}, {}
-    for n in names:
-        r = recipes.RECIPES[n]
-        by_family.setdefault(r.curvature.name if r.method == "imaml" else None, []).append(n)
-    cycle = plt.get_cmap("tab10").colors
-    for family, members in by_family.items():
-        for j, n in enumerate(members):
-            color = cycle[j % 10] if family is None else plt.get_cmap(
-                CURVATURE_COLORS.get(family, "Greys"))(0.45 + 0.5 * j / max(len(members) - 1, 1))
-            styles[n] = dict(color=color, marker="os^vDP*X<>h"[j % 11],
-                             ls=["-", "--", "-.", ":"][j % 4])
-    return styles
-
-
-def plot_curves(frame: pd.DataFrame, out: Path, path: Path, title: str) -> Path:
-    """Held-out accuracy against outer iterations and against training seconds. A recipe
-    trained for 0 iterations (the untrained initialisation) is a horizontal reference line."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharey=True)
-    styles = _curve_styles(list(frame.recipe))
-    for _, r in frame.iterrows():
-        path_c = run_dir(out, r) / "curve.csv"
-        if not path_c.exists():
-            continue
-        c = pd.read_csv(path_c).sort_values("iteration")
-        if int(r.iterations) == 0:   # not trained: its accuracy is a reference level
-            for ax in axes:
-                ax.axhline(100 * c.accuracy.iloc[0], color="black", lw=1.2, ls=(0, (6, 3)),
-                           label=series_label(r.recipe) if ax is axes[0] else None)
-            continue
-        kw = dict(ms=4, label=series_label(r.recipe), **styles[r.recipe])
-        axes[0].plot(c.iteration, 100 * c.accuracy, **kw)
-        axes[1].plot(c.train_s, 100 * c.accuracy, **kw)
-    first = frame.iloc[0]
-    chance = 100 / int(first["n_way"])
-    for ax, xl in zip(axes, ("outer iterations", "training time (s, CPU)")):
-        ax.axhline(chance, color="grey", lw=0.8, ls=":")
-        ax.annotate(f"chance ({chance:.0f}%: 1 of {int(first['n_way'])} classes)",
-                    (0.99, chance), xycoords=("axes fraction", "data"), ha="right",
-                    va="bottom", fontsize=8, color="grey")
-        ax.set_xlabel(xl)
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    ncol = 3 if max(map(len, labels), default=0) > 40 else 4
-    fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8)
-    axes[0].set_ylabel(f"held-out accuracy % (each point: {int(first['curve_tasks'])} tasks)")
-    fig.suptitle(f"{title}: {int(first['n_way'])}-way {int(first['k_shot'])}-shot, "
-                 f"meta-batch {int(first['meta_batch'])}, {first['device_name']}\n"
-                 f"curve points on {int(first['curve_tasks'])} held-out tasks; the tables' "
-                 f"accuracies on {int(first['eval_tasks'])} tasks after training", fontsize=10)
-    rows = -(-len(labels) // min(ncol, max(len(labels), 1)))
-    fig.tight_layout(rect=(0, 0.04 * rows + 0.02, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
 
 
 def seed_means(frame: pd.DataFrame) -> pd.DataFrame:
@@ -563,7 +268,7 @@ def seed_lines(frame: pd.DataFrame, order: list[str]) -> list[str]:
              "|---|" + "---|" * (len(seeds) + 2)]
     for recipe in order:
         mine = frame[frame.recipe == recipe].set_index("train_seed")
-        cells = [_pct(mine.loc[s, "accuracy"], mine.loc[s, "ci95"]) if s in mine.index else "-"
+        cells = [format_pct(mine.loc[s, "accuracy"], mine.loc[s, "ci95"]) if s in mine.index else "-"
                  for s in seeds]
         lines.append(f"| {recipes.RECIPES[recipe].label} | " + " | ".join(cells) +
                      f" | {100 * mine.accuracy.mean():.1f} | {100 * mine.accuracy.std(ddof=1):.1f} |")
@@ -596,7 +301,7 @@ def choice_markdown(frame: pd.DataFrame, out: Path, tested: pd.DataFrame) -> str
              "| candidate | validation accuracy % (mean over seeds ± 95% across seeds) | seeds |",
              "|---|---|---|"]
     for r in order:
-        lines.append(f"| {recipes.RECIPES[r].label} | {_pct(means.loc[r, 'accuracy'], means.loc[r, 'ci95'])} "
+        lines.append(f"| {recipes.RECIPES[r].label} | {format_pct(means.loc[r, 'accuracy'], means.loc[r, 'ci95'])} "
                      f"| {int(means.loc[r, 'seeds'])} |")
     lines += [""] + seed_lines(frame, order)[-len(order) - 1:]
     runner_up = paired_difference(frame, chosen, order[1]) if len(order) > 1 else None
@@ -612,11 +317,11 @@ def choice_markdown(frame: pd.DataFrame, out: Path, tested: pd.DataFrame) -> str
         if chosen in test.index:
             r = test.loc[chosen]
             if int(r.seeds) > 1:
-                score = (f"{_pct(r.accuracy, r.ci95)}% (mean over {int(r.seeds)} seeds ± 95% "
+                score = (f"{format_pct(r.accuracy, r.ci95)}% (mean over {int(r.seeds)} seeds ± 95% "
                          "across them)")
             else:   # one seed has no spread across seeds: its interval over the tasks
                 one = tested[tested.recipe == chosen].iloc[0]
-                score = (f"{_pct(one.accuracy, one.ci95)}% at seed {int(one.train_seed)} (one "
+                score = (f"{format_pct(one.accuracy, one.ci95)}% at seed {int(one.train_seed)} (one "
                          "seed: the interval is over the held-out tasks, not across seeds)")
             lines += ["", f"Held-out test characters, after choosing: {chosen} scores {score} "
                       "(`reports/table2.md`, `reports/imaml_variants.md`)."]

@@ -20,133 +20,30 @@ same inner loop (where that loop is differentiable). ``curve.csv``: held-out acc
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from suite.harness import cli
 from suite.core.adapt import adapt
-from suite.core.validation import check_float, check_int
-from suite.harness.cli import Interrupted, StopRequest
-from suite.harness.distributed import World, check_divisible
 from suite.core.methods import Stats, meta_gradient, meta_gradient_batch
-from suite.harness.results import provenance, write_csv_atomic
 from suite.core.solvers import InnerProblem, for_tasks, run_solver
 from suite.core.tasks import ModuleTask
-from suite.models.conv4 import check_batchnorm, conv4
 from suite.experiments.omniglot import recipes
+from suite.experiments.omniglot.checkpoints import load_checkpoint, restore, save
+from suite.experiments.omniglot.config import DTYPES, LayerLam, Learner, TrainConfig
 from suite.experiments.omniglot.data import Characters, TaskSampler
+from suite.harness import cli
+from suite.harness.cli import Interrupted, StopRequest
+from suite.harness.distributed import World, check_divisible
+from suite.harness.results import provenance, write_csv_atomic
+from suite.models.conv4 import conv4
 
 EVAL_SEED = 12345      # held-out tasks of the final evaluation
 CURVE_SEED = 54321     # held-out tasks of the learning curve
 PROBE_SEED = 999       # the training task of the cosine probe
-# Fields that may change between a checkpoint and its resumption.
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-RESUMABLE = ("max_iterations", "budget_s", "eval_tasks", "checkpoint_every", "eval_every",
-             "curve_tasks", "probe_every", "device")
-
-
-@dataclass
-class TrainConfig:
-    recipe: str
-    n_way: int = 5
-    k_shot: int = 1
-    k_query: int = 15
-    inner_steps: int = 16
-    inner_lr: float = 0.1
-    cg_steps: int = 5
-    hf_steps: int = 5             # Newton iterations of imaml-hf
-    truncate: int = 5
-    meta_batch: int = 8
-    outer_lr: float = 1e-3
-    max_iterations: int = 300
-    budget_s: float = math.inf    # wall-clock budget for training (resume continues it)
-    eval_tasks: int = 600
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_every: int = 25
-    eval_every: int = 50          # learning-curve point every this many iterations
-    curve_tasks: int = 100
-    probe_every: int = 25
-    dtype: str = "float32"
-    lam_lr: float = 0.01          # outer Adam's step on log lam (recipes that learn lam)
-    batchnorm: str = "native"     # conv4's BatchNorm (native: as Table 2 was trained)
-
-    def __post_init__(self):
-        self.spec = recipes.get(self.recipe)
-        check_int("n_way", self.n_way, minimum=2)
-        for name in ("k_shot", "k_query", "inner_steps", "meta_batch", "eval_tasks",
-                     "cg_steps", "hf_steps", "truncate", "checkpoint_every", "eval_every",
-                     "curve_tasks", "probe_every"):
-            check_int(name, getattr(self, name), minimum=1)
-        check_int("max_iterations", self.max_iterations)
-        check_int("seed", self.seed)
-        check_float("inner_lr", self.inner_lr, 0.0)
-        check_float("outer_lr", self.outer_lr, 0.0)
-        check_float("lam_lr", self.lam_lr, 0.0)
-        check_batchnorm(self.batchnorm)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if not self.budget_s > 0:
-            raise ValueError(f"budget_s must be > 0, got {self.budget_s!r}")
-        if self.spec.train_shots is not None and self.k_shot > self.spec.train_shots:
-            raise ValueError(f"k_shot must be <= {self.spec.train_shots} for recipe "
-                             f"{self.recipe} (it trains on that many shots), got {self.k_shot}")
-
-    def as_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @property
-    def train_shots(self) -> int:
-        return self.spec.train_shots or self.k_shot
-
-
-class LayerLam:
-    """One lam per parameter tensor of the model, learned in log space:
-    lam_i = exp(log_lam[layer of i]); autograd carries d/dlam back to log_lam."""
-
-    def __init__(self, model: torch.nn.Module, init: float):
-        named = list(model.named_parameters())
-        p = named[0][1]
-        self.names = [n for n, _ in named]
-        self.sizes = torch.tensor([q.numel() for _, q in named], device=p.device)
-        self.layer = torch.repeat_interleave(torch.arange(len(named), device=p.device),
-                                             self.sizes)
-        self.log_lam = torch.full((len(named),), math.log(init), dtype=p.dtype,
-                                  device=p.device, requires_grad=True)
-
-    def vector(self, differentiable: bool = False) -> torch.Tensor:
-        """lam as a vector of theta's length (``differentiable``: in the graph of log_lam)."""
-        log_lam = self.log_lam if differentiable else self.log_lam.detach()
-        return torch.repeat_interleave(log_lam.exp(), self.sizes)
-
-    def table(self) -> pd.DataFrame:
-        return pd.DataFrame({"parameter": self.names, "entries": self.sizes.tolist(),
-                             "lam": self.log_lam.detach().exp().tolist()})
-
-
-@dataclass
-class Learner:
-    """What the outer loop updates and what a checkpoint holds."""
-
-    theta: torch.Tensor
-    optimizer: torch.optim.Optimizer
-    iteration: int = 0
-    elapsed_s: float = 0.0
-    layer_lam: LayerLam | None = None
-
-    def lam(self, cfg: "TrainConfig", differentiable: bool = False):
-        """The lam the recipe adapts with: its own, or the learned vector (``differentiable``:
-        in the graph of the learned log lam)."""
-        return cfg.spec.lam if self.layer_lam is None else self.layer_lam.vector(differentiable)
-
-
 def model_for(cfg: TrainConfig):
     torch.manual_seed(cfg.seed)
     return conv4(cfg.n_way, batchnorm=cfg.batchnorm).to(device=cfg.device,
@@ -239,71 +136,6 @@ def make_optimizer(cfg: TrainConfig, theta, layer_lam: LayerLam | None = None
     return OUTER[cfg.spec.outer][0](cfg, theta, layer_lam)
 
 
-def _checkpoint_path(out: Path) -> Path:
-    return out / "checkpoint.pt"
-
-
-def _previous_path(out: Path) -> Path:
-    return out / "checkpoint.prev.pt"
-
-
-def load_checkpoint(out: Path, say=None) -> dict | None:
-    """The newest checkpoint under ``out`` that loads: ``checkpoint.pt``, else the previous
-    one ``checkpoint.prev.pt`` (a file cut short by a crash while writing does not load), else
-    None (start over). ``say(line)`` hears which was taken and why."""
-    say = say or (lambda line: print(line, file=sys.stderr))
-    failures = []
-    for path in (_checkpoint_path(out), _previous_path(out)):
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, weights_only=False)
-            if not isinstance(state, dict) or "iteration" not in state:
-                raise ValueError("not a training checkpoint")
-        except Exception as err:   # a torn or foreign file: say so, never die in torch.load
-            failures.append(f"{path.name} does not load ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''})")
-            continue
-        if failures:
-            say(f"{out}: {'; '.join(failures)}; resuming from {path.name} at iteration "
-                f"{state['iteration']}")
-        return state
-    if failures:
-        say(f"{out}: {'; '.join(failures)}; no checkpoint loads, starting over")
-    return None
-
-
-def _same_run(saved: dict, cfg: TrainConfig) -> bool:
-    """Settings equal, except the resumable ones; fields added since the checkpoint was
-    written take their defaults."""
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name != "recipe"}
-    current = {k: v for k, v in cfg.as_dict().items() if k not in RESUMABLE}
-    old = {k: v for k, v in {**defaults, **saved}.items() if k not in RESUMABLE}
-    return old == current
-
-
-def save(learner: Learner, cfg: TrainConfig, out: Path, rngs: dict, world: World) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    state = {"config": cfg.as_dict(), "recipe_spec": cfg.spec.signature(),
-             "world_size": world.size,
-             "theta": learner.theta.detach().cpu(),
-             "log_lam": (None if learner.layer_lam is None
-                         else learner.layer_lam.log_lam.detach().cpu()),
-             "optimizer": learner.optimizer.state_dict(), "iteration": learner.iteration,
-             "elapsed_s": learner.elapsed_s,
-             "rng_state": {k: r.bit_generator.state for k, r in rngs.items()}}
-    # Atomic: a temporary file, flushed to disk, then renamed; the last checkpoint is kept as
-    # the previous one, for when the newest turns out unreadable.
-    tmp = _checkpoint_path(out).with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if _checkpoint_path(out).exists():
-        os.replace(_checkpoint_path(out), _previous_path(out))
-    os.replace(tmp, _checkpoint_path(out))
-
-
 def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters | None = None,
           progress=None, world: World = World()) -> Learner:
     """Train until ``max_iterations`` or ``budget_s``; resumes from ``out/checkpoint.pt``
@@ -321,26 +153,9 @@ def train(cfg: TrainConfig, chars: Characters, out: Path, *, heldout: Characters
     layer_lam = LayerLam(model, cfg.spec.lam) if cfg.spec.learn_lam else None
     learner = Learner(theta, make_optimizer(cfg, theta, layer_lam), layer_lam=layer_lam)
     rows, curve = [], []
-    ckpt = _checkpoint_path(out)
     state = load_checkpoint(out, say=None if world.main else (lambda line: None))
     if state is not None:
-        if not _same_run(state["config"], cfg) \
-                or state.get("recipe_spec") != cfg.spec.signature():
-            raise ValueError(f"{ckpt} was written with other settings; choose another output "
-                             "folder or remove it")
-        with torch.no_grad():
-            theta.copy_(state["theta"])
-            if layer_lam is not None:
-                layer_lam.log_lam.copy_(state["log_lam"])
-        learner.optimizer.load_state_dict(state["optimizer"])
-        learner.iteration, learner.elapsed_s = state["iteration"], state["elapsed_s"]
-        for k, r in rngs.items():
-            if k in state["rng_state"]:
-                r.bit_generator.state = state["rng_state"][k]
-        for name, target in (("metrics.csv", rows), ("curve.csv", curve)):
-            if (out / name).exists():   # rows beyond the checkpoint taken are redone
-                target += [r for r in pd.read_csv(out / name).to_dict("records")
-                           if r["iteration"] <= learner.iteration]
+        rows, curve = restore(learner, state, cfg, rngs, out)
     done = {int(r["iteration"]) for r in curve}
 
     def curve_point():
