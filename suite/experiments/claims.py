@@ -153,43 +153,47 @@ def table1_verdicts(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
-def table1_markdown(frame: pd.DataFrame) -> str:
-    ok = frame[frame.status == "ok"]
-    kappas = sorted(ok.kappa.unique())
-    delta_min = ok.delta.min()
-    theory = {"maml_gd": ("κ log(D/δ)", "Mem(∇L̂)·κ log(D/δ)"),
-              "maml_agd": ("√κ log(D/δ)", "Mem(∇L̂)·√κ log(D/δ)"),
-              "truncated_gd": ("κ log(D/δ)", "Mem(∇L̂)·κ log(1/ε)"),
-              "imaml": ("√κ log(D/δ)", "Mem(∇L̂)"),
-              "maml_ckpt_gd": ("κ log(D/δ) (one more forward pass)",
-                               "Mem(∇L̂)·√(κ log(D/δ)) + √(κ log(D/δ)) parameter copies"),
-              "maml_mixed_gd": ("κ log(D/δ) (a product per step)",
-                                "Mem(∇L̂) in graphs + κ log(D/δ) parameter copies")}
+THEORY = {"maml_gd": ("κ log(D/δ)", "Mem(∇L̂)·κ log(D/δ)"),
+          "maml_agd": ("√κ log(D/δ)", "Mem(∇L̂)·√κ log(D/δ)"),
+          "truncated_gd": ("κ log(D/δ)", "Mem(∇L̂)·κ log(1/ε)"),
+          "imaml": ("√κ log(D/δ)", "Mem(∇L̂)"),
+          "maml_ckpt_gd": ("κ log(D/δ) (one more forward pass)",
+                           "Mem(∇L̂)·√(κ log(D/δ)) + √(κ log(D/δ)) parameter copies"),
+          "maml_mixed_gd": ("κ log(D/δ) (a product per step)",
+                            "Mem(∇L̂) in graphs + κ log(D/δ) parameter copies")}
+"""Table 1 of the paper: (compute, memory) to reach a meta-gradient error delta."""
+
+
+def _table1_header(ok: pd.DataFrame, kappas, delta_min) -> list[str]:
     first = ok.iloc[0]
-    out = ["# Table 1, measured", "",
-           f"Synthetic linear regression, dim {int(first['dim'])}, lam {first['lam']:g}, "
-           f"{first['dtype']} on {first['device']} ({first['device_name']}, "
-           f"{int(first['threads'])} threads), torch {first['torch_version']}, commit "
-           f"{first['git_commit']}. Error: relative l2 error "
-           "against the exact d/dθ L_test(Alg*(θ)) (scipy, float64). Compute: gradients of "
-           "L_train plus Hessian-vector products at their measured cost in gradients "
-           f"({', '.join(f'κ={k:g}: {ok[ok.kappa == k].hvp_in_grads.iloc[0]:.2f}' for k in kappas)}). "
-           "Memory: peak bytes the autograd graph holds (tensors saved for backward; each "
-           "unrolled step keeps the residual of its loss, as a network keeps activations). "
-           "The low-memory MAMLs also keep plain parameter vectors outside any graph (the "
-           "checkpoints, the iterates): those count in the peak of live tensor bytes, whose "
-           "exponent is fitted for them as well.",
-           "", "Truncated backprop keeps k of the K steps. With lam > 0 the step j from the "
-           "end contributes lr·lam·(I − lr·(H + lam I))^j to the Jacobian, so the truncation "
-           "error falls at the rate of the inner error: at equal δ it needs k ≈ K (theory: "
-           "κ log(1/ε) against κ log(D/δ), the same order).", "",
-           f"## Cost to reach δ = {delta_min:g}", "",
-           "| algorithm | theory: compute | theory: memory | "
-           + " | ".join(f"κ={k:g}: compute / graph bytes / error" for k in kappas) + " |",
-           "|---|---|---|" + "---|" * len(kappas)]
-    for f in _fits(frame):
+    return ["# Table 1, measured", "",
+            f"Synthetic linear regression, dim {int(first['dim'])}, lam {first['lam']:g}, "
+            f"{first['dtype']} on {first['device']} ({first['device_name']}, "
+            f"{int(first['threads'])} threads), torch {first['torch_version']}, commit "
+            f"{first['git_commit']}. Error: relative l2 error "
+            "against the exact d/dθ L_test(Alg*(θ)) (scipy, float64). Compute: gradients of "
+            "L_train plus Hessian-vector products at their measured cost in gradients "
+            f"({', '.join(f'κ={k:g}: {ok[ok.kappa == k].hvp_in_grads.iloc[0]:.2f}' for k in kappas)}). "
+            "Memory: peak bytes the autograd graph holds (tensors saved for backward; each "
+            "unrolled step keeps the residual of its loss, as a network keeps activations). "
+            "The low-memory MAMLs also keep plain parameter vectors outside any graph (the "
+            "checkpoints, the iterates): those count in the peak of live tensor bytes, whose "
+            "exponent is fitted for them as well.",
+            "", "Truncated backprop keeps k of the K steps. With lam > 0 the step j from the "
+            "end contributes lr·lam·(I − lr·(H + lam I))^j to the Jacobian, so the truncation "
+            "error falls at the rate of the inner error: at equal δ it needs k ≈ K (theory: "
+            "κ log(1/ε) against κ log(D/δ), the same order).", "",
+            f"## Cost to reach δ = {delta_min:g}", "",
+            "| algorithm | theory: compute | theory: memory | "
+            + " | ".join(f"κ={k:g}: compute / graph bytes / error" for k in kappas) + " |",
+            "|---|---|---|" + "---|" * len(kappas)]
+
+
+def _cost_rows(fits, kappas) -> list[str]:
+    out = []
+    for f in fits:
         cells = f["cells"].set_index("kappa")
-        row = [f["spec"].label, *theory[f["row"]]]
+        row = [f["spec"].label, *THEORY[f["row"]]]
         for k in kappas:
             if k in cells.index:
                 c = cells.loc[k]
@@ -203,11 +207,15 @@ def table1_markdown(frame: pd.DataFrame) -> str:
             else:
                 row.append("not reached")
         out.append("| " + " | ".join(row) + " |")
-    out += ["", f"## Fitted against theory (tolerance ±{EXPONENT_TOLERANCE} on exponents)", "",
-            "| algorithm | compute exponent of κ: theory / measured / verdict | memory exponent "
-            "of κ: theory / measured / verdict | compute per decade of 1/δ at the largest κ "
-            "(R² of a line in log(1/δ)) |", "|---|---|---|---|"]
-    for f in _fits(frame):
+    return out
+
+
+def _fit_rows(fits) -> list[str]:
+    out = ["", f"## Fitted against theory (tolerance ±{EXPONENT_TOLERANCE} on exponents)", "",
+           "| algorithm | compute exponent of κ: theory / measured / verdict | memory exponent "
+           "of κ: theory / measured / verdict | compute per decade of 1/δ at the largest κ "
+           "(R² of a line in log(1/δ)) |", "|---|---|---|---|"]
+    for f in fits:
         spec = f["spec"]
         if "compute_exp" not in f:
             out.append(f"| {spec.label} | not enough cells | | |")
@@ -219,6 +227,14 @@ def table1_markdown(frame: pd.DataFrame) -> str:
         out.append(f"| {spec.label} | {spec.compute_exponent:g} / {f['compute_exp']:.2f} / "
                    f"{_verdict(f['compute_ok'])} | {spec.memory_exponent:g} / "
                    f"{f['memory_exp']:.2f} / {_verdict(f['memory_ok'])}{peak} | {decade} |")
+    return out
+
+
+def table1_markdown(frame: pd.DataFrame) -> str:
+    ok = frame[frame.status == "ok"]
+    kappas = sorted(ok.kappa.unique())
+    fits = _fits(frame)
+    out = _table1_header(ok, kappas, ok.delta.min()) + _cost_rows(fits, kappas) + _fit_rows(fits)
     missing = frame[frame.status != "ok"]
     if len(missing):
         out += ["", "Cells that did not reach their target: " + "; ".join(

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from suite.core.solvers import GD
+from suite.verify.calls import FORMS, make_caller
 from suite.verify.problems import linear_closed_forms, problems
 from suite.verify.references import TRUNCATIONS, references
 
@@ -48,7 +48,6 @@ CLAIMS = {"maml": ("maml",), "fomaml": ("fomaml",),
           "truncated": tuple(f"truncated-{k}" for k in TRUNCATIONS),
           "imaml": ("implicit-at-phiK", "implicit-at-optimum")}
 NEEDS_LAM = {"imaml"}          # claims judged at lam > 0 only
-FORMS = ("module", "flat")
 TOL_EXACT, TOL_IMPLICIT = 1e-8, 1e-5
 # References a function may pass for without --claims; the others name bugs.
 REFERENCES = ("maml", "implicit-at-phiK", "implicit-at-optimum", "fomaml",
@@ -149,56 +148,6 @@ class Report:
     def summary(self) -> str:
         from suite.verify.card import markdown
         return markdown(self)
-
-
-def _flatten(out, model) -> tuple[torch.Tensor, list]:
-    params, notes = list(model.parameters()), []
-    if out is None:
-        raise TypeError("the function returned None; it must return the gradients, one per "
-                        "parameter of model.parameters()")
-    if torch.is_tensor(out) and out.ndim == 1 and len(params) != 1:
-        raise TypeError("the function returned one flat tensor; the module form returns a "
-                        "sequence of gradients shaped like model.parameters() (--form flat "
-                        "is the suite's flat protocol)")
-    out = list(out)
-    if len(out) != len(params):
-        raise TypeError(f"the function returned {len(out)} gradients for "
-                        f"{len(params)} parameters")
-    flat = []
-    for i, (g, p) in enumerate(zip(out, params)):
-        if g is None:
-            notes.append(f"gradient {i} is None (taken as zero)")
-            g = torch.zeros_like(p)
-        if tuple(g.shape) != tuple(p.shape):
-            raise TypeError(f"gradient {i} has shape {tuple(g.shape)}, its parameter "
-                            f"{tuple(p.shape)}")
-        flat.append(g.detach().reshape(-1).to(torch.float64))
-    return torch.cat(flat), notes
-
-
-def make_caller(fn, form: str):
-    """``call(problem, steps, lr, lam) -> (flat gradient, notes)`` for either form."""
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-
-    def module_call(problem, steps, lr, lam):
-        model = problem.fresh_model()
-        before = [p.detach().clone() for p in model.parameters()]
-        out = fn(model, problem.support, problem.query, steps=steps, lr=lr, lam=lam)
-        g, notes = _flatten(out, model)
-        if any(not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters())):
-            notes.append("the function changed the model's parameters in place (theta must "
-                         "be left as it was handed over)")
-        return g, notes
-
-    def flat_call(problem, steps, lr, lam):
-        out = fn(problem.task(), problem.theta(), lam=lam, solver=GD(steps, lr))
-        g = out if torch.is_tensor(out) else getattr(out, "grad", None)
-        if not torch.is_tensor(g):
-            raise TypeError("the flat form returns a tensor or a suite.MetaGradient, got "
-                            f"{type(out).__name__}")
-        return g.detach().reshape(-1).to(torch.float64), []
-    return module_call if form == "module" else flat_call
 
 
 def _settings(claims):

@@ -22,7 +22,6 @@ KEY = ["recipe", "setting", "iterations_asked", "recipe_spec", "train_seed", "he
 VALIDATION_SEED = 777   # which training characters become validation characters
 
 
-
 def archive_root(args) -> Path:
     """The folder holding the archives ``--data`` asks for; a ``UsageError`` saying how to get
     them when one is missing (checked by every process before any joins the others)."""
