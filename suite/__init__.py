@@ -7,7 +7,8 @@ is added with ``register_method`` or by an installed entry point in ``imaml_suit
 from suite.core import solvers
 from suite.core.curvature import CURVATURES, Curvature
 from suite.core.linalg import (BREAKDOWN_POLICIES, LINEAR_SOLVERS, CGBreakdown, CGResult,
-                               conjugate_gradient, solve_implicit)
+                               LinearSolveResult, SolveBreakdown, conjugate_gradient,
+                               solve_implicit)
 from suite.core.hvp import hvp_at
 from suite.core.methods import (EXACT_MAX_DIM, MetaGradient, Stats, meta_gradient,
                                 meta_gradient_batch)
@@ -24,5 +25,5 @@ __all__ = ["solvers", "meta_gradient", "meta_gradient_batch", "adapt", "MetaGrad
            "METHODS", "SOLVERS", "Method", "Option", "SolverSpec", "EXACT_FOR",
            "register_method", "unregister_method", "get_method", "get_solver", "PLUGINS",
            "EXACT_MAX_DIM", "Task", "ModuleTask", "LinearRegressionTask",
-           "conjugate_gradient", "CGResult", "CGBreakdown", "hvp_at", "solve_implicit",
-           "Curvature", "CURVATURES", "BREAKDOWN_POLICIES", "LINEAR_SOLVERS"]
+           "conjugate_gradient", "LinearSolveResult", "SolveBreakdown", "hvp_at",
+           "solve_implicit", "Curvature", "CURVATURES", "BREAKDOWN_POLICIES", "LINEAR_SOLVERS"]

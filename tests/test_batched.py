@@ -4,7 +4,7 @@ import torch
 
 from suite import conjugate_gradient, meta_gradient_batch
 from suite.core.batched import BatchedTasks, batched_meta_gradient
-from suite.core.linalg import CGBreakdown
+from suite.core.linalg import SolveBreakdown
 from suite.core.solvers import GD
 from suite.harness.workloads import cnn_tasks
 
@@ -80,7 +80,7 @@ def test_batched_cg_solves_each_row():
         torch.testing.assert_close(res.x[i], single, rtol=1e-10, atol=1e-12)
     assert res.converged
     A[2] = -A[2]                                     # one indefinite row
-    with pytest.raises(CGBreakdown):
+    with pytest.raises(SolveBreakdown):
         conjugate_gradient(lambda V: torch.einsum("bij,bj->bi", A, V), b, max_iter=30)
     flagged = conjugate_gradient(lambda V: torch.einsum("bij,bj->bi", A, V), b, max_iter=30,
                                  on_breakdown="return")

@@ -6,7 +6,7 @@ import torch
 import synthetic
 from suite import meta_gradient
 from suite.core.curvature import Curvature, gauss_newton_at
-from suite.core.linalg import CGBreakdown, normal_equations_cg, solve_implicit
+from suite.core.linalg import SolveBreakdown, normal_equations_cg, solve_implicit
 from suite.core.solvers import GD
 
 # Products on float64 problems of tens of parameters: each entry is a short sum of products,
@@ -114,7 +114,7 @@ B2 = torch.ones(2, dtype=torch.float64)
 
 def test_breakdown_policies_on_an_indefinite_2x2():
     matvec = lambda u: u @ A2   # noqa: E731 (acts row by row on a 2-D batch as well)
-    with pytest.raises(CGBreakdown, match="iteration 1"):
+    with pytest.raises(SolveBreakdown, match="iteration 1"):
         solve_implicit(matvec, B2, max_iter=5, on_breakdown="raise")
     keep = solve_implicit(matvec, B2, max_iter=5, on_breakdown="keep")
     assert keep.x.tolist() == [4.0, 4.0] and keep.fallback == 0

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from suite import CGBreakdown, conjugate_gradient, hvp_at
+from suite import SolveBreakdown, conjugate_gradient, hvp_at
 
 
 def spd(n, kappa, seed=0):
@@ -49,7 +49,7 @@ def test_cg_error_in_energy_norm_falls_with_iterations():
 def test_cg_detects_indefinite_system():
     A = torch.diag(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
     b = torch.ones(3, dtype=torch.float64)
-    with pytest.raises(CGBreakdown, match="not positive definite"):
+    with pytest.raises(SolveBreakdown, match="not positive definite"):
         conjugate_gradient(lambda v: A @ v, b, max_iter=3)
     flagged = conjugate_gradient(lambda v: A @ v, b, max_iter=3, on_breakdown="return")
     assert flagged.breakdown and not flagged.converged

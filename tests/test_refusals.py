@@ -90,7 +90,7 @@ def test_device_names_are_checked():
 
 
 def test_cg_never_returns_zeros_for_a_nan_system():
-    with pytest.raises(suite.CGBreakdown, match="non-finite"):
+    with pytest.raises(suite.SolveBreakdown, match="non-finite"):
         suite.conjugate_gradient(lambda v: v * math.nan, torch.ones(3), max_iter=3)
 
 

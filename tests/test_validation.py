@@ -91,7 +91,7 @@ def test_indefinite_imaml_system_raises():
             return phi.sum()
 
     theta = torch.ones(3, dtype=torch.float64)
-    with pytest.raises(suite.CGBreakdown, match="increase lam"):
+    with pytest.raises(suite.SolveBreakdown, match="increase lam"):
         meta_gradient("imaml", Concave(), theta, lam=1.0, solver=GD(0, 0.1))
     # "keep" with a breakdown at CG's first iteration has no iterate to keep (x = 0): the
     # task gets the first-order direction grad L_test = ones, never a zero vector.

@@ -2,7 +2,7 @@
 the Neumann series, and the implicit solve with its breakdown policies (the Hessian-vector
 products they are given come from ``suite.core.hvp``).
 
-A linear solver is ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> CGResult`` for a
+A linear solver is ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> LinearSolveResult`` for a
 symmetric operator ``matvec(v) = A v`` (see ``LINEAR_SOLVERS``); the Neumann series also
 takes its ``step``.
 """
@@ -18,21 +18,22 @@ Matvec = Callable[[torch.Tensor], torch.Tensor]
 CG_MODES = ("raise", "return", "continue")
 
 
-class CGBreakdown(ArithmeticError):
-    """CG met a direction with p^T A p <= 0: the system is not positive definite."""
+class SolveBreakdown(ArithmeticError):
+    """A linear solve met a direction with p^T A p <= 0 (the system is not positive definite)
+    or an operator value that is not finite; ``solver`` names which solve."""
 
-    def __init__(self, iteration: int, curvature: float):
-        self.iteration, self.curvature = iteration, curvature
+    def __init__(self, iteration: int, curvature: float, solver: str = "conjugate gradient"):
+        self.iteration, self.curvature, self.solver = iteration, curvature, solver
         what = ("the operator returned a non-finite value" if not math.isfinite(curvature) else
                 "the matrix is not positive definite (for iMAML: lam is too small for the "
                 "negative curvature of the training loss; increase lam, or choose a positive "
                 "semi-definite curvature such as 'gauss-newton')")
-        super().__init__(f"conjugate gradient broke down at iteration {iteration}: "
+        super().__init__(f"{solver} broke down at iteration {iteration}: "
                          f"p^T A p = {curvature:.3e}; {what}")
 
 
 @dataclass
-class CGResult:
+class LinearSolveResult:
     """Invariant: ``residual == |b - A x| / |b|`` (from the recurrence, the worst row) after
     ``iterations``; ``converged`` means every row reached ``tol`` and none stopped early.
 
@@ -54,6 +55,10 @@ class CGResult:
     row_breakdown: torch.Tensor | None = None
     fallback: int = 0
     u: torch.Tensor | None = None   # solve_implicit's unscaled solution (x = scale * u)
+
+
+# The names from before the Neumann series shared them, kept for code written against them.
+CGResult, CGBreakdown = LinearSolveResult, SolveBreakdown
 
 
 def _check_common(max_iter, tol, b):
@@ -90,23 +95,23 @@ class _Rows:
         return cls(b.ndim == 2, B, torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm)),
                    none, none.clone(), torch.zeros(B.shape[0], dtype=torch.long, device=B.device))
 
-    def result(self, x, iterations, residual, tol, first, extreme) -> CGResult:
+    def result(self, x, iterations, residual, tol, first, extreme) -> LinearSolveResult:
         one = (lambda t: t) if self.batched else (lambda t: t[0])  # noqa: E731
         worst = float(residual.max())
-        return CGResult(one(x), iterations, worst, worst <= tol and not bool(self.stopped.any()),
+        return LinearSolveResult(one(x), iterations, worst, worst <= tol and not bool(self.stopped.any()),
                         bool(self.flagged.any()), first,
                         extreme if math.isfinite(extreme) else math.nan, one(self.steps),
                         one(self.flagged))
 
 
 def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
-                       tol: float | None = None, on_breakdown: str = "raise") -> CGResult:
+                       tol: float | None = None, on_breakdown: str = "raise") -> LinearSolveResult:
     """Solve A x = b for symmetric positive definite A given only ``matvec(v) = A v``.
 
     Starts at x = 0 and runs at most ``max_iter`` iterations, stopping once the relative
     residual |r| / |b| <= ``tol`` (default: 10 x machine epsilon of b's dtype). When a
     direction has p^T A p <= 0 (A is not positive definite), ``on_breakdown`` decides:
-    ``"raise"`` raises ``CGBreakdown``; ``"return"`` stops that row and keeps its iterate
+    ``"raise"`` raises ``SolveBreakdown``; ``"return"`` stops that row and keeps its iterate
     (Newton-CG's use); ``"continue"`` steps on through negative curvature as codes without
     a curvature check do (hypertorch, the official iMAML code), stopping a row only where
     p^T A p is zero or not finite. A non-finite operator value raises in every mode.
@@ -133,13 +138,13 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
         Ap = matvec(p if batched else p[0]).reshape(B.shape)
         curvature = (p * Ap).sum(1)
         if not bool(torch.isfinite(curvature[active]).all()):
-            raise CGBreakdown(k, float(curvature[active & ~torch.isfinite(curvature)][0]))
+            raise SolveBreakdown(k, float(curvature[active & ~torch.isfinite(curvature)][0]))
         quotient = curvature / (p * p).sum(1).clamp_min(torch.finfo(B.dtype).tiny)
         min_curvature = min(min_curvature, float(quotient[active].min()))
         bad = active & ~(curvature > 0)
         if bool(bad.any()):
             if on_breakdown == "raise":
-                raise CGBreakdown(k, float(curvature[bad][0]))
+                raise SolveBreakdown(k, float(curvature[bad][0]))
             first_breakdown = k if first_breakdown is None else first_breakdown
             met_negative |= bad
             halt = bad if on_breakdown == "return" else active & (curvature == 0)
@@ -161,7 +166,7 @@ def conjugate_gradient(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
 
 
 def normal_equations_cg(matvec: Matvec, b: torch.Tensor, *, max_iter: int,
-                        tol: float | None = None, on_breakdown: str = "raise") -> CGResult:
+                        tol: float | None = None, on_breakdown: str = "raise") -> LinearSolveResult:
     """CG on the normal equations A^T A x = A^T b of a symmetric A, i.e. A^2 x = A b.
 
     A^2 is positive semi-definite whatever A's curvature, so CG never meets negative
@@ -191,7 +196,7 @@ class NeumannDivergence(ArithmeticError):
 
 
 def neumann_series(matvec: Matvec, b: torch.Tensor, *, max_iter: int, tol: float | None = None,
-                   on_breakdown: str = "raise", step: float | None = None) -> CGResult:
+                   on_breakdown: str = "raise", step: float | None = None) -> LinearSolveResult:
     """Solve A x = b by the truncated Neumann series x_K = step sum_{k<K} (I - step A)^k b
     (Lorraine et al. 2020; hypertorch's and torchopt's implicit solver).
 
@@ -226,7 +231,7 @@ def neumann_series(matvec: Matvec, b: torch.Tensor, *, max_iter: int, tol: float
             break
         Ar = matvec(r if batched else r[0]).reshape(B.shape)
         if not bool(torch.isfinite(Ar[active]).all()):
-            raise CGBreakdown(k, math.nan)
+            raise SolveBreakdown(k, math.nan, solver="the Neumann series")
         quotient = (r * Ar).sum(1) / (r * r).sum(1).clamp_min(torch.finfo(B.dtype).tiny)
         smallest = min(smallest, float(quotient[active].min()))
         largest = max(largest, float(quotient[active].max()))
@@ -251,16 +256,16 @@ def neumann_series(matvec: Matvec, b: torch.Tensor, *, max_iter: int, tol: float
     return rows.result(x, k, residual, tol, first_breakdown, smallest)
 
 
-LINEAR_SOLVERS: dict[str, Callable[..., CGResult]] = {
+LINEAR_SOLVERS: dict[str, Callable[..., LinearSolveResult]] = {
     "cg": conjugate_gradient,
     "normal-cg": normal_equations_cg,
     "neumann": neumann_series,
 }
-"""name -> ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> CGResult`` ("neumann" also
+"""name -> ``solve(matvec, b, *, max_iter, tol, on_breakdown) -> LinearSolveResult`` ("neumann" also
 takes ``step``)."""
 
 BREAKDOWN_POLICIES = {
-    "raise": "raise CGBreakdown (the default: a non-positive-definite system is an error)",
+    "raise": "raise SolveBreakdown (the default: a non-positive-definite system is an error)",
     "keep": "keep the CG iterate reached before the breakdown; a task whose CG broke at its "
             "first iteration (x = 0) gets the first-order direction instead",
     "first-order": "a task whose CG broke down gets the first-order direction v (FOMAML's)",
@@ -281,7 +286,7 @@ def check_implicit_options(on_breakdown: str, linear_solver: str) -> None:
 
 def solve_implicit(matvec: Matvec, v: torch.Tensor, *, scale: float | torch.Tensor = 1.0,
                    max_iter: int, tol: float | None = None, on_breakdown: str = "raise",
-                   linear_solver: str = "cg", step: float | None = None) -> CGResult:
+                   linear_solver: str = "cg", step: float | None = None) -> LinearSolveResult:
     """Solve the implicit system A u = v (one row per task for a 2-D ``v``) with the named
     linear solver and breakdown policy (``BREAKDOWN_POLICIES``); return x = scale * u.
 

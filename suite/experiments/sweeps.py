@@ -25,7 +25,7 @@ import synthetic
 
 from suite.core.curvature import gauss_newton_at
 from suite.core.hvp import HVP_PRODUCTS, hvp_at
-from suite.core.linalg import CGBreakdown
+from suite.core.linalg import SolveBreakdown
 from suite.core.methods import meta_gradient, meta_gradient_batch
 from suite.core.registry import get_method, get_solver
 from suite.core.solvers import GD
@@ -143,7 +143,7 @@ def run_points(cfgs: list[dict], *, repeats: int, threads: int, memory: bool = T
             torch.cuda.empty_cache()
             rows.append(dict(row, status="oom", note=str(err).splitlines()[0]))
             continue
-        except CGBreakdown as err:
+        except SolveBreakdown as err:
             rows.append(dict(row, status="cg_breakdown", note=str(err)))
             continue
         rows.append(_finish_row(row, out))

@@ -92,21 +92,21 @@ class Evaluator:
         self.L = workload.smoothness
         self._cache: dict = {}
 
-    def call(self, row: str, steps: int, extra: int = 0):
-        """The row's meta-gradient at ``steps`` inner steps and ``extra`` on its axis."""
+    def call(self, row: str, steps: int, axis_value: int = 0):
+        """The row's meta-gradient at ``steps`` inner steps and ``axis_value`` on its axis."""
         if row not in ROWS:
             raise ValueError(f"row must be one of {sorted(ROWS)}, got {row!r}")
         spec = ROWS[row]
         solver = make_solver(spec.solver, steps, 1 / self.L, self.w.kappa)
         option = spec.axis_option
-        options = {option.name: extra} if option is not None else {}
+        options = {option.name: axis_value} if option is not None else {}
         return lambda: meta_gradient(spec.method, self.task, self.w.theta, lam=self.w.lam,
                                      solver=solver, **options)
 
-    def error(self, row: str, steps: int, extra: int = 0) -> float:
-        key = (row, steps, extra)
+    def error(self, row: str, steps: int, axis_value: int = 0) -> float:
+        key = (row, steps, axis_value)
         if key not in self._cache:
-            grad = self.call(row, steps, extra)().grad.cpu().numpy()
+            grad = self.call(row, steps, axis_value)().grad.cpu().numpy()
             self._cache[key] = synthetic.relative_error(grad, self.exact)
         return self._cache[key]
 
@@ -116,8 +116,9 @@ CG_EXTRA = 3   # CG counts beyond the smallest that iMAML's budget search also t
 
 def find_budget(ev: Evaluator, row: str, delta: float, cap: int, previous: dict | None,
                 hvp_cost: float = 1.0):
-    """(inner steps, extra) reaching delta: extra is the truncation (truncated) or the CG
-    steps (iMAML), else 0. ``previous`` (the budget for a larger delta) seeds the search."""
+    """(inner steps, axis value) reaching delta: the value on the row's option axis, the
+    truncation (truncated) or the CG steps (iMAML), else 0. ``previous`` (the budget for a
+    larger delta) seeds the search for the inner steps; the CG steps are searched from 1."""
     prev = previous or {}
     option = ROWS[row].axis_option
     if option is None:
@@ -136,7 +137,7 @@ def find_budget(ev: Evaluator, row: str, delta: float, cap: int, previous: dict 
     # the inner solve, so one CG step more can save most of the inner steps (measured at
     # kappa 1000, delta 1e-4: 22 CG steps need 1314 inner steps, 23 need 257).
     tight = int(40 * math.sqrt(ev.w.kappa)) + 50
-    cg = smallest_budget(lambda m: ev.error(row, tight, m), delta / 2, prev.get("extra", 1), cap)
+    cg = smallest_budget(lambda m: ev.error(row, tight, m), delta / 2, 1, cap)
     pairs = []
     for m in range(cg, cg + CG_EXTRA + 1):
         try:
@@ -159,22 +160,22 @@ def measure_cell(ev: Evaluator, row: str, kappa: float, delta: float, hvp_in_gra
                 **provenance(device=ev.w.theta.device, dtype=ev.w.theta.dtype, threads=threads,
                              seed=seed))
     try:
-        steps, extra = find_budget(ev, row, delta, cap, previous, hvp_in_grads)
+        steps, axis_value = find_budget(ev, row, delta, cap, previous, hvp_in_grads)
     except NotReached as err:
         return dict(base, status="not_reached", note=str(err))
-    fn = ev.call(row, steps, extra)
+    fn = ev.call(row, steps, axis_value)
     result = fn()
     mem = measure_memory(fn, ev.w.theta.device) if memory else None
     stats = result.stats
     return dict(base, inner_steps=steps,
-                **{axis: (extra if ROWS[row].axis_option is not None
+                **{axis: (axis_value if ROWS[row].axis_option is not None
                           and ROWS[row].axis_option.axis == axis else None)
                    for axis in ("truncate", "cg_steps")},
                 grad_evals=stats.grad_evals, hvps=stats.hvps,
                 compute_grads=stats.grad_evals + hvp_in_grads * stats.hvps,
                 graph_bytes=mem.graph_bytes if mem else None,
                 peak_bytes=mem.peak_bytes if mem else None,
-                error=ev.error(row, steps, extra), status="ok",
+                error=ev.error(row, steps, axis_value), status="ok",
                 note="" if mem else "memory measured at the smallest delta only")
 
 
