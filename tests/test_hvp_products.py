@@ -110,7 +110,7 @@ def test_recorded_fastest_choices_are_what_their_rows_say(tmp_path):
     from suite.core import fastest
     recorded = fastest.load()
     assert set(recorded) == {"cpu", "cuda"}
-    root = fastest.RECORD.parents[1]
+    root = fastest.CHECKOUT
     for device, choice in recorded.items():
         rows = pd.read_csv(root / choice["source"])
         assert fastest.choose(rows) == {k: choice[k] for k in ("hvp", "batchnorm")}, device
@@ -122,8 +122,11 @@ def test_recorded_fastest_choices_are_what_their_rows_say(tmp_path):
     slower.loc[(slower.batchnorm == "native") & (slower.what == "imaml"), "seconds"] = 1e-3
     path = tmp_path / "fastest.json"
     path.write_text(fastest.RECORD.read_text())
-    assert fastest.record(slower, "cpu", "x.csv", path)["batchnorm"] == "native"
+    choice = fastest.record(slower, "cpu", fastest.CHECKOUT / "results" / "x.csv", path)
+    assert choice["batchnorm"] == "native" and choice["source"] == "results/x.csv"
     assert fastest.load(path)["cuda"] == recorded["cuda"]
+    assert fastest.record(slower, "cpu", tmp_path / "y.csv", path)["source"] == str(
+        (tmp_path / "y.csv").resolve())   # outside the checkout: the path itself
 
 
 def test_closed_form_batchnorm_refuses_bad_input():

@@ -16,7 +16,8 @@ import json
 import os
 from pathlib import Path
 
-RECORD = Path(__file__).resolve().parents[2] / "results" / "fastest.json"
+CHECKOUT = Path(__file__).resolve().parents[2]
+RECORD = CHECKOUT / "results" / "fastest.json"
 UNMEASURED = {"hvp": "reverse", "batchnorm": "native"}
 EXACT_PRODUCTS = {"reverse HVP": "reverse", "forward HVP": "forward"}
 
@@ -43,7 +44,10 @@ def fastest(what: str) -> dict:
 
 def record(rows, device_type: str, source: str, path: Path = RECORD) -> dict:
     """Write ``choose(rows)`` for ``device_type`` into ``path`` (atomically), keeping the
-    other device types' choices."""
+    other device types' choices. ``source``, the rows' file, is kept relative to the checkout
+    when it lies inside it (the record is committed; an absolute path would name one machine)."""
+    where = Path(source).resolve()
+    source = where.relative_to(CHECKOUT).as_posix() if where.is_relative_to(CHECKOUT) else str(where)
     devices = load(path)
     devices[device_type] = {**choose(rows), "source": source}
     tmp = path.with_suffix(".tmp")
