@@ -47,7 +47,8 @@ def record(rows, device_type: str, source: str, path: Path = RECORD) -> dict:
     other device types' choices. ``source``, the rows' file, is kept relative to the checkout
     when it lies inside it (the record is committed; an absolute path would name one machine)."""
     where = Path(source).resolve()
-    source = where.relative_to(CHECKOUT).as_posix() if where.is_relative_to(CHECKOUT) else str(where)
+    source = (where.relative_to(CHECKOUT).as_posix() if where.is_relative_to(CHECKOUT)
+              else str(where))
     devices = load(path)
     devices[device_type] = {**choose(rows), "source": source}
     tmp = path.with_suffix(".tmp")
