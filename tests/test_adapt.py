@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import suite
-from suite.core import adapt
+from suite import adapt
 from suite import meta_gradient
 from suite.core.solvers import GD
 

@@ -241,7 +241,7 @@ def test_learned_lam_recipe_learns_one_lam_per_layer_and_resumes(tmp_path):
 def test_layer_lam_gradient_through_adapt():
     """The learned per-layer lam gets d/dlog_lam_l = lam_l * sum_{i in l} d/dlam_i: autograd
     through adapt against that chain rule written out from meta_gradient's lam_grad."""
-    from suite.core import adapt
+    from suite import adapt
     from suite import meta_gradient
     from suite.experiments.omniglot.config import LayerLam
     from suite.core.solvers import GD

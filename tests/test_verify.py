@@ -109,7 +109,7 @@ def test_readme_verify_command_prints_what_the_readme_shows():
     section = text.split("## Verify your own meta-gradient")[1].split("\n## ")[0]
     command = re.search(r"```sh\n(imaml-suite verify .*?)\n```", section).group(1)
     shown = re.search(r"prints \(exit status (\d)\)\n\n```\n(.*?)\n```", section, re.S)
-    r = subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "suite", *command.split()[1:]], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == int(shown.group(1))
     assert any(_same(shown.group(2), line) for line in r.stdout.splitlines()), r.stdout[:800]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from suite.core.validation import check_finite, check_lam, check_scalar
-from suite.core.hvp import HVP_PRODUCTS
+from suite.core.hvp import HVP_PRODUCTS, hvp_product
 from suite.core.registry import METHODS, Method, Option, get_method, register_method
 from suite.core.solvers import InnerProblem, run_solver
 from suite.core.tasks import Task, num_parameters
