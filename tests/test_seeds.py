@@ -76,20 +76,26 @@ def test_table2_over_seeds_reports_means_each_seed_and_unresolved_orderings(tmp_
     assert "fomaml above untrained" in md
 
 
-def test_the_choice_is_made_on_validation_rows_and_says_whether_it_changed(tmp_path):
+def test_the_choice_is_made_on_validation_rows_and_says_whether_it_changed(tmp_path,
+                                                                          monkeypatch):
+    first, other = [r for r in recipes.IMAML_CANDIDATES if r != DEFAULT][:2]
     val = runs(tmp_path, {(r, s): [a + 0.01 * s] * 3 for s in range(3) for r, a in
-                          ((DEFAULT, 0.80), ("imaml-paper-lam0.5", 0.83),
-                           ("imaml-gn-learned-lam", 0.79))}, heldout="validation20")
-    test = runs(tmp_path / "t", {("imaml-paper-lam0.5", 0): [0.9] * 3})
+                          ((DEFAULT, 0.80), (other, 0.83), (first, 0.79))},
+               heldout="validation20")
+    test = runs(tmp_path / "t", {(other, 0): [0.9] * 3})
     md = report.choice_markdown(val, tmp_path, test)
-    assert "**Chosen: imaml-paper-lam0.5**" in md and "the choice changed" in md
+    assert f"**Chosen: {other}**" in md and f"set `recipes.DEFAULT_IMAML` to {other}" in md
     # one tested seed: its interval over the held-out tasks, never a NaN spread across seeds
-    assert ("Held-out test characters, after choosing: imaml-paper-lam0.5 scores 90.0 ± 1.0% at "
+    assert (f"Held-out test characters, after choosing: {other} scores 90.0 ± 1.0% at "
             "seed 0 (one seed: the interval is over the held-out tasks") in md
     assert "nan" not in md
-    tested = runs(tmp_path / "t3", {("imaml-paper-lam0.5", s): [0.9 + 0.01 * s] * 3
+    tested = runs(tmp_path / "t3", {(other, s): [0.9 + 0.01 * s] * 3
                                     for s in range(3)})
     assert "scores 91.0 ± 2.5% (mean over 3 seeds ± 95% across them)" in \
         report.choice_markdown(val, tmp_path, tested)      # sd 0.01: 4.303 x 0.01 / sqrt(3)
     same = val.assign(accuracy=np.where(val.recipe == DEFAULT, 0.9, val.accuracy))
+    monkeypatch.setattr(recipes, "HELDOUT_CHOICE", first)
+    assert f"the default had been {first}: the choice changed" in report.choice_markdown(
+        same, tmp_path, test.iloc[:0])
+    monkeypatch.setattr(recipes, "HELDOUT_CHOICE", DEFAULT)
     assert "the choice did not change" in report.choice_markdown(same, tmp_path, test.iloc[:0])

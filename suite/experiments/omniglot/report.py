@@ -309,9 +309,13 @@ def choice_markdown(frame: pd.DataFrame, out: Path, tested: pd.DataFrame) -> str
         "" if runner_up is None or runner_up["resolved"] else
         f"; its lead over {order[1]} is within the seed spread, so the choice among them is "
         "a tie broken by the mean") + ". " + (
-        "It is the current default: the choice did not change." if chosen == default else
-        f"The current default is {default}: the choice changed; set "
-        "`recipes.DEFAULT_IMAML` to it and retrain Table 2's iMAML row.")]
+        f"The current default is {default}: set `recipes.DEFAULT_IMAML` to {chosen} and "
+        "retrain Table 2's iMAML row." if chosen != default else
+        "It is the default iMAML recipe (`recipes.DEFAULT_IMAML`, Table 2's iMAML row). "
+        + ("Chosen on the held-out test tasks themselves, the default had been the same: the "
+           "choice did not change." if chosen == recipes.HELDOUT_CHOICE else
+           f"Chosen on the held-out test tasks themselves, the default had been "
+           f"{recipes.HELDOUT_CHOICE}: the choice changed."))]
     if len(tested):
         test = seed_means(tested).set_index("recipe")
         if chosen in test.index:
