@@ -29,7 +29,7 @@ refresh: venv
 	$(PY) -m suite lam --out results/learned_lam.csv --reports reports
 	$(PY) -m suite omniglot table2 --report-only --seeds 0 1 2 --out results/omniglot --reports reports
 	$(PY) -m suite omniglot variants --report-only --out results/omniglot --reports reports
-	$(PY) -m suite omniglot choose --report-only --seeds 0 1 --out results/omniglot --reports reports
+	$(PY) -m suite omniglot choose --report-only --out results/omniglot --reports reports
 
 # Compare accuracy, memory and time-ratio metrics with results/baselines/ (UPDATE=1 replaces them).
 regress: venv
