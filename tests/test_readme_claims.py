@@ -183,9 +183,9 @@ CLAIMS = {
          ).replace(" ", r"\s+"),
         lambda: omniglot_headline()),
     "the iMAML choice on validation characters": (
-        r"learned λ per layer leads \((\S+)\) before λ fixed at 0.5 \((\S+)\) and the paper's "
-        r"Hessian at\s+λ = 0.5 \((\S+)\), but every difference is inside the seed spread "
-        r"\((\S+) ± (\S+) points for the\s+first two",
+        (r"learned λ per layer leads \((\S+)\) before λ fixed at 0.5 \((\S+)\) and the paper's "
+         r"Hessian at λ = 0.5 \((\S+)\), but every difference is inside the seed spread "
+         r"\((\S+) ± (\S+) points for the first two").replace(" ", r"\s+"),
         lambda: choice_numbers()),
     "the chosen iMAML recipe on the test characters": (
         r"After\s+choosing, its held-out score over the 3 seeds is (\S+ ± \S+) \(λ fixed at "
