@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     if argv and argv[0] in COMMANDS:
         return run(argv[0], argv[1:])
     try:
+        if not argv:
+            parser.error(f"give a COMMAND, one of: {', '.join(COMMANDS)} ({SCRIPT} --help)")
         parser.parse_args(argv)
     except cli.UsageError as err:
         print(f"{SCRIPT}: error: {err.message}", file=sys.stderr)
